@@ -1,0 +1,198 @@
+"""processed_segments: the Emilia pipe over one batch, resumable episode by episode.
+
+Each finished episode leaves `processed/<language>/<episode_id>/` (MP3s, then `all_segments.json`) and then a
+completion marker; a re-run skips every episode with a marker, and redoes an unfinished one from scratch after
+removing its leftovers, so no segment is ever duplicated. A failing episode is recorded with its reason in the
+batch's status table and the batch goes on; the step fails only if failures exceed `max_failure_fraction`.
+"""
+
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.batching import read_manifest, read_parquet, write_parquet
+from emilia_assets.layout import batch_segments_key, batch_status_key, episode_dir, episode_done_key, probes_key
+from emilia_assets.partitions import episode_batches
+from emilia_assets.workdir import batch_dir, batch_workdir
+from emilia_pipe.audio import AudioError
+from emilia_pipe.export import ALL_SEGMENTS
+from emilia_pipe.keys import join, safe_language
+from resources.object_store import ObjectStore, ObjectStoreResource, cached_copy, delete_prefix
+from resources.pipe import EmiliaPipeResource
+
+STATUS_SCHEMA = {
+    "episode_id": pl.String,
+    "audio_key": pl.String,
+    "status": pl.String,  # done | resumed | failed
+    "error": pl.String,
+    "language": pl.String,
+    "duration_s": pl.Float64,
+    "speech_s": pl.Float64,
+    "segments": pl.Int64,
+    "wall_s": pl.Float64,
+}
+SEGMENT_SCHEMA = {
+    "id": pl.String,
+    "episode_id": pl.String,
+    "batch_id": pl.String,
+    "source": pl.String,
+    "language": pl.String,
+    "speaker": pl.String,
+    "start": pl.Float64,
+    "end": pl.Float64,
+    "duration": pl.Float64,
+    "text": pl.String,
+    "language_probability": pl.Float64,
+    "dnsmos_sig": pl.Float64,
+    "dnsmos_bak": pl.Float64,
+    "dnsmos_ovrl": pl.Float64,
+    "mp3_key": pl.String,
+}
+
+
+class ProcessConfig(dg.Config):
+    max_failure_fraction: float = Field(
+        default=0.5, description="Fail the step when more than this fraction of the batch's episodes failed."
+    )
+
+
+def _publish_episode(store: ObjectStore, processed_prefix: str, out_dir: Path, language: str, episode_id: str,
+                     summary: dict) -> None:
+    prefix = episode_dir(processed_prefix, language, episode_id)
+    delete_prefix(store, prefix)  # leftovers of a run killed mid-upload
+    files = sorted(out_dir.iterdir(), key=lambda p: p.name == ALL_SEGMENTS)  # all_segments.json last
+    for path in files:
+        store.put_file(path, prefix + path.name)
+    store.put_bytes(episode_done_key(processed_prefix, episode_id), json.dumps(summary).encode())
+
+
+def _segment_rows(store: ObjectStore, processed_prefix: str, batch_id: str, ep: dict, done: dict) -> list[dict]:
+    prefix = episode_dir(processed_prefix, done["language"], ep["episode_id"])
+    doc = json.loads(store.get_bytes(prefix + ALL_SEGMENTS))
+    rows = []
+    for seg in doc["segments"]:
+        dnsmos = seg.get("dnsmos") or {}
+        rows.append({
+            "id": seg["id"], "episode_id": ep["episode_id"], "batch_id": batch_id, "source": ep["source"],
+            "language": seg["language"], "speaker": seg["speaker"], "start": seg["start"], "end": seg["end"],
+            "duration": seg["duration"], "text": seg.get("text", ""),
+            "language_probability": seg.get("language_probability"), "dnsmos_sig": dnsmos.get("sig"),
+            "dnsmos_bak": dnsmos.get("bak"), "dnsmos_ovrl": dnsmos.get("ovrl"), "mp3_key": prefix + seg["wav"],
+        })
+    return rows
+
+
+@dg.asset(
+    partitions_def=episode_batches,
+    deps=[raw_episodes],
+    group_name="process",
+    kinds={"pytorch", "parquet"},
+    description="Segments of every episode of the batch: processed/<language>/<episode_id>/ (MP3 + all_segments.json).",
+)
+def processed_segments(
+    context: dg.AssetExecutionContext,
+    config: ProcessConfig,
+    store: ObjectStoreResource,
+    pipe: EmiliaPipeResource,
+) -> dg.MaterializeResult:
+    batch_id = context.partition_key
+    s = store.open()
+    pp = store.processed_prefix
+    manifest = read_manifest(s, batch_id)
+    probes = {r["episode_id"]: r for r in read_parquet(s, probes_key(batch_id)).iter_rows(named=True)}
+    pipeline = pipe.pipeline()
+    started = time.perf_counter()
+    status: list[dict] = []
+    segment_rows: list[dict] = []
+    stage_totals: dict[str, float] = {}
+    total = manifest.height
+
+    def record(ep: dict, state: str, error: str | None = None, **kw) -> None:
+        status.append({"episode_id": ep["episode_id"], "audio_key": ep["audio_key"], "status": state,
+                       "error": error, "language": kw.get("language"), "duration_s": kw.get("duration_s"),
+                       "speech_s": kw.get("speech_s"), "segments": kw.get("segments"), "wall_s": kw.get("wall_s")})
+        # Written after every episode, so a crash keeps the record of what finished and what failed.
+        write_parquet(s, batch_status_key(pp, batch_id), pl.DataFrame(status, schema=STATUS_SCHEMA))
+
+    with batch_workdir(batch_id) as work:
+        for i, ep in enumerate(manifest.iter_rows(named=True), start=1):
+            eid = ep["episode_id"]
+            done_key = episode_done_key(pp, eid)
+            probe = probes.get(eid)
+            if s.exists(done_key):
+                done = json.loads(s.get_bytes(done_key))
+                record(ep, "resumed", **done)
+                segment_rows += _segment_rows(s, pp, batch_id, ep, done)
+                continue
+            if probe is not None and not probe["ok"]:
+                record(ep, "failed", f"{ep['audio_key']}: {probe['reason']}")
+                continue
+            t0 = time.perf_counter()
+            out_dir = Path(tempfile.mkdtemp(dir=work, prefix=".out-"))
+            try:
+                local = cached_copy(s, ep["audio_key"], work)
+                result = pipeline.process(local, eid, out_dir, language_hint=ep["language"],
+                                          episode_meta={"audio_key": ep["audio_key"], "source": ep["source"],
+                                                        "batch_id": batch_id})
+                language = safe_language(result.language)
+                done = {"language": language, "duration_s": round(result.duration_s, 3),
+                        "speech_s": round(result.speech_s, 3), "segments": len(result.segments),
+                        "wall_s": round(time.perf_counter() - t0, 3),
+                        "all_segments": join(episode_dir(pp, language, eid), ALL_SEGMENTS)}
+                _publish_episode(s, pp, out_dir, language, eid, done)
+            except (AudioError, KeyError) as err:
+                reason = err.reason if isinstance(err, AudioError) else "object vanished from the store"
+                context.log.warning(f"episode {eid} ({ep['audio_key']}) failed: {reason}")
+                record(ep, "failed", f"{ep['audio_key']}: {reason}")
+                continue
+            except Exception as err:  # one bad episode never sinks the batch
+                context.log.exception(f"episode {eid} ({ep['audio_key']}) failed")
+                record(ep, "failed", f"{ep['audio_key']}: {type(err).__name__}: {err}")
+                continue
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            for k, v in result.stage_seconds.items():
+                stage_totals[k] = stage_totals.get(k, 0.0) + v
+            record(ep, "done", **done)
+            segment_rows += _segment_rows(s, pp, batch_id, ep, done)
+            context.log.info(f"[{i}/{total}] {eid}: {len(result.segments)} segments, "
+                             f"{result.duration_s / 60:.1f} min in {done['wall_s']:.1f} s")
+
+    segments = pl.DataFrame(segment_rows, schema=SEGMENT_SCHEMA)
+    write_parquet(s, batch_segments_key(pp, batch_id), segments)
+    shutil.rmtree(batch_dir(batch_id), ignore_errors=True)
+    table = pl.DataFrame(status, schema=STATUS_SCHEMA)
+    wall = time.perf_counter() - started
+    processed_hours = float(table.filter(pl.col("status") == "done")["duration_s"].sum() or 0) / 3600
+    hours_in = float(table["duration_s"].fill_null(0).sum()) / 3600
+    failed = table.filter(pl.col("status") == "failed")
+    metadata = {
+        "episodes": dg.MetadataValue.int(total),
+        "done": dg.MetadataValue.int(table.filter(pl.col("status") == "done").height),
+        "resumed": dg.MetadataValue.int(table.filter(pl.col("status") == "resumed").height),
+        "failed": dg.MetadataValue.int(failed.height),
+        "segments": dg.MetadataValue.int(segments.height),
+        "hours_in": dg.MetadataValue.float(round(hours_in, 4)),
+        "hours_out": dg.MetadataValue.float(round(float(segments["duration"].sum() or 0) / 3600, 4)),
+        "wall_s_per_audio_hour": dg.MetadataValue.float(round(wall / processed_hours, 1) if processed_hours else 0.0),
+        "stage_s": dg.MetadataValue.json({k: round(v, 2) for k, v in stage_totals.items()}),
+        "failures": dg.MetadataValue.md(
+            "\n".join(f"- `{r['episode_id']}`: {r['error']}" for r in failed.iter_rows(named=True)) or "none"
+        ),
+        "status_table": dg.MetadataValue.path(batch_status_key(pp, batch_id)),
+    }
+    if total and failed.height / total > config.max_failure_fraction:
+        raise dg.Failure(
+            description=f"{failed.height}/{total} episodes of batch {batch_id} failed "
+                        f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list",
+            metadata=metadata,
+        )
+    return dg.MaterializeResult(metadata=metadata)

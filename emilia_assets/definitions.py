@@ -1,0 +1,66 @@
+"""The code location's one entry point.
+
+Resources come from the environment: with `R2_BUCKET` unset everything runs on the embedded default (a local
+directory store under `EMILIA_LOCAL_STORE`, default ./data); with it set, S3/R2 with credentials read through
+`dg.EnvVar`, so they are resolved at run time and never stored in run config or shown in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.assets.process import processed_segments
+from emilia_assets.assets.publish import hf_shards
+from emilia_assets.jobs import emilia_job
+from resources.batching import BatchingResource
+from resources.object_store import ObjectStoreResource
+from resources.pipe import EmiliaPipeResource
+from sensors.raw_audio import raw_audio_sensor
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def object_store_from_env() -> ObjectStoreResource:
+    common = {
+        "raw_prefix": _env("RAW_AUDIO_PREFIX", "raw_audio/"),
+        "processed_prefix": _env("PROCESSED_PREFIX", "processed/"),
+    }
+    if not os.environ.get("R2_BUCKET"):
+        return ObjectStoreResource(local_root=_env("EMILIA_LOCAL_STORE", "data"), **common)
+    return ObjectStoreResource(
+        bucket=dg.EnvVar("R2_BUCKET"),
+        endpoint_url=dg.EnvVar("R2_ENDPOINT_URL") if os.environ.get("R2_ENDPOINT_URL") else "",
+        access_key_id=dg.EnvVar("R2_ACCESS_KEY_ID"),
+        secret_access_key=dg.EnvVar("R2_SECRET_ACCESS_KEY"),
+        region_name=_env("R2_REGION", "auto"),
+        key_prefix=_env("R2_KEY_PREFIX", ""),
+        **common,
+    )
+
+
+def batching_from_env() -> BatchingResource:
+    return BatchingResource(
+        max_episodes=int(_env("BATCH_MAX_EPISODES", "200")),
+        max_gib=float(_env("BATCH_MAX_GIB", "20")),
+        page_size=int(_env("SENSOR_PAGE_SIZE", "1000")),
+        max_pages_per_tick=int(_env("SENSOR_MAX_PAGES_PER_TICK", "5")),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[raw_episodes, processed_segments, hf_shards],
+        jobs=[emilia_job],
+        sensors=[raw_audio_sensor],
+        resources={
+            "store": object_store_from_env(),
+            "batching": batching_from_env(),
+            "pipe": EmiliaPipeResource(),
+        },
+    )

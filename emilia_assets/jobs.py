@@ -1,0 +1,16 @@
+import dagster as dg
+
+from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.assets.process import processed_segments
+from emilia_assets.assets.publish import hf_shards
+from emilia_assets.partitions import episode_batches
+
+# One batch = one run: ingest probe, the GPU stage and packing run in the same process, so models load once and
+# downloads are shared between steps.
+emilia_job = dg.define_asset_job(
+    "emilia_job",
+    selection=dg.AssetSelection.assets(raw_episodes, processed_segments, hf_shards),
+    partitions_def=episode_batches,
+    executor_def=dg.in_process_executor,
+    description="Raw audio of one batch to WebDataset shards: probe, Emilia pipe, pack.",
+)

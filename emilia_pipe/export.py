@@ -1,0 +1,81 @@
+"""Write an episode's segments: one MP3 per segment and `all_segments.json`, written last.
+
+MP3s are encoded with LAME (lameenc) at 24 kHz mono. The default 64 kbps keeps the band up to ~11 kHz; ffmpeg's
+default 32 kbps low-passes near 8.5 kHz and loses the sibilance TTS models need.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lameenc
+import numpy as np
+
+ALL_SEGMENTS = "all_segments.json"
+
+
+@dataclass
+class Segment:
+    id: str
+    start: float
+    end: float
+    speaker: str
+    language: str
+    text: str = ""
+    language_probability: float | None = None
+    dnsmos: dict[str, float] | None = None
+    words: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return round(self.end - self.start, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        if d["words"] is None:
+            d.pop("words")
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
+        d["duration"] = self.duration
+        d["wav"] = f"{self.id}.mp3"
+        d.update(self.extra)
+        return d
+
+
+def encode_mp3(audio: np.ndarray, sample_rate: int, bitrate_kbps: int = 64) -> bytes:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    enc = lameenc.Encoder()
+    enc.set_bit_rate(bitrate_kbps)
+    enc.set_in_sample_rate(sample_rate)
+    enc.set_out_sample_rate(sample_rate)
+    enc.set_channels(1)
+    enc.set_quality(2)  # 2 = high quality, 7 = fast
+    return bytes(enc.encode(pcm.tobytes()) + enc.flush())
+
+
+def write_episode(
+    out_dir: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    segments: Iterable[Segment],
+    episode: dict[str, Any],
+    bitrate_kbps: int = 64,
+) -> list[Path]:
+    """MP3s first, `all_segments.json` last: its presence means the directory is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segments = list(segments)
+    files = []
+    for seg in segments:
+        clip = audio[int(round(seg.start * sample_rate)) : int(round(seg.end * sample_rate))]
+        path = out_dir / f"{seg.id}.mp3"
+        path.write_bytes(encode_mp3(clip, sample_rate, bitrate_kbps))
+        files.append(path)
+    doc = {"episode": episode, "segments": [s.to_json() for s in segments]}
+    (out_dir / ALL_SEGMENTS).write_text(json.dumps(doc, ensure_ascii=False, indent=1))
+    files.append(out_dir / ALL_SEGMENTS)
+    return files
