@@ -64,9 +64,16 @@ def probe(path: str | Path) -> AudioInfo:
                 duration = container.duration / av.time_base
             else:
                 duration = 0.0
+            if duration > 2 * _TAIL_CHECK_S:
+                reached = _decodable_until(container, stream, duration - _TAIL_CHECK_S)
+                if reached < duration - 2 * _TAIL_CHECK_S:
+                    raise AudioError(
+                        path,
+                        f"truncated: the header declares {duration:.1f} s but audio ends near {reached:.1f} s",
+                    )
             return AudioInfo(
                 duration_s=duration,
-                codec=stream.codec_context.name,
+                codec=stream.codec_context.codec.canonical_name,  # "mp3" as ffprobe says, not "mp3float"
                 sample_rate=stream.codec_context.sample_rate,
                 channels=stream.codec_context.channels,
                 container=container.format.name,
@@ -74,7 +81,31 @@ def probe(path: str | Path) -> AudioInfo:
     except AudioError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise AudioError(path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+        raise AudioError(path, f"not a readable audio file ({_why(err)})") from err
+
+
+_TAIL_CHECK_S = 2.0
+
+
+def _why(err: Exception) -> str:
+    """FFmpeg's message without the local path (the caller names the object key instead)."""
+    return getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+
+
+def _decodable_until(container, stream, seek_to_s: float) -> float:
+    """Seek near the declared end and decode: the time reached (0 when nothing decodes there).
+
+    Cheap proof that a download is complete: a header (Xing/moov) can promise an hour the file no longer holds.
+    """
+    try:
+        container.seek(int(seek_to_s / stream.time_base), stream=stream, any_frame=False, backward=True)
+        reached = 0.0
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                reached = max(reached, frame.time + frame.samples / frame.sample_rate)
+        return reached
+    except av.error.FFmpegError:
+        return 0.0
 
 
 def decode(path: str | Path, sample_rate: int = TARGET_SR) -> np.ndarray:
@@ -100,7 +131,7 @@ def decode(path: str | Path, sample_rate: int = TARGET_SR) -> np.ndarray:
     except AudioError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise AudioError(path, f"decode failed ({type(err).__name__}: {err})") from err
+        raise AudioError(path, f"decode failed ({_why(err)})") from err
     if not chunks:
         raise AudioError(path, "no decodable audio frames")
     mono = np.concatenate(chunks).astype(np.float32)
@@ -126,10 +157,7 @@ def normalize_loudness(
         return audio
     hop = max(1, sample_rate // 20)
     n = audio.size // hop
-    if n == 0:
-        frames = audio[None, :]
-    else:
-        frames = audio[: n * hop].reshape(n, hop)
+    frames = audio[None, :] if n == 0 else audio[: n * hop].reshape(n, hop)
     energy = np.mean(np.square(frames, dtype=np.float64), axis=1)
     if energy.max() <= 1e-12:
         return audio  # digital silence: nothing to normalise

@@ -49,7 +49,7 @@ def source_of_raw_key(key: str, raw_prefix: str) -> str:
 
 
 def episode_id_for_key(key: str) -> str:
-    """Readable and unique: the file's stem, made safe, plus a hash of the whole key (two feeds may both have ep1.mp3)."""
+    """Readable and unique: the file's stem made safe, plus a hash of the whole key (two feeds may share ep1.mp3)."""
     return f"{slug(PurePosixPath(key).stem)}-{short_hash(key)}"
 
 

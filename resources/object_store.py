@@ -124,7 +124,8 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            # like S3: a key that is only a prefix ("a" of "a/b"), or one below a file, is simply not there
             raise KeyError(key) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -134,6 +135,7 @@ class LocalStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the store is read by other tools too
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -152,6 +154,7 @@ class LocalStore:
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -161,7 +164,9 @@ class LocalStore:
         return self.path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        path = self.path(key)
+        if path.is_file():  # a prefix ("a" of "a/b") or a path below a file names no object: no-op, as on S3
+            path.unlink(missing_ok=True)
 
 
 class S3Store:
@@ -264,8 +269,11 @@ class ObjectStoreResource(dg.ConfigurableResource):
         return S3Store(s3.get_client(), self.bucket, self.key_prefix)
 
 
-def cached_copy(store: ObjectStore, key: str, cache_dir: Path) -> Path:
-    """A local copy of `key`, reused when a previous step of the same pod already fetched it (same size)."""
+def cached_copy(store: ObjectStore, key: str, cache_dir: Path, expected_size: int | None = None) -> Path:
+    """A local copy of `key`, reused when a previous step of the same pod already fetched it.
+
+    `expected_size` (from the batch manifest) makes a copy of an object that was since replaced be fetched again.
+    """
     target = cache_dir / join(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(store, LocalStore):
@@ -273,7 +281,7 @@ def cached_copy(store: ObjectStore, key: str, cache_dir: Path) -> Path:
         if not src.is_file():
             raise KeyError(key)
         return src  # already on this disk: no copy
-    if not target.is_file():
+    if not target.is_file() or (expected_size is not None and target.stat().st_size != expected_size):
         tmp = target.with_name(_TMP_PREFIX + target.name)
         store.get_file(key, tmp)
         os.replace(tmp, target)

@@ -39,7 +39,7 @@ def raw_episodes(context: dg.AssetExecutionContext, store: ObjectStoreResource) 
             row = {"episode_id": ep["episode_id"], "audio_key": ep["audio_key"], "ok": False, "reason": None,
                    "duration_s": None, "codec": None, "sample_rate": None, "channels": None}
             try:
-                info = probe(cached_copy(s, ep["audio_key"], work))
+                info = probe(cached_copy(s, ep["audio_key"], work, ep["bytes"]))
                 row.update(ok=True, duration_s=info.duration_s, codec=info.codec, sample_rate=info.sample_rate,
                            channels=info.channels)
             except AudioError as err:

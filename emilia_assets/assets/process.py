@@ -138,7 +138,7 @@ def processed_segments(
             t0 = time.perf_counter()
             out_dir = Path(tempfile.mkdtemp(dir=work, prefix=".out-"))
             try:
-                local = cached_copy(s, ep["audio_key"], work)
+                local = cached_copy(s, ep["audio_key"], work, ep["bytes"])
                 result = pipeline.process(local, eid, out_dir, language_hint=ep["language"],
                                           episode_meta={"audio_key": ep["audio_key"], "source": ep["source"],
                                                         "batch_id": batch_id})

@@ -40,7 +40,9 @@ def sample_meta(row: dict) -> dict:
     kinds={"python"},
     description="WebDataset tar shards of the batch: shards/<language>/<batch>-<n:05d>.tar (<key>.mp3 + <key>.json).",
 )
-def hf_shards(context: dg.AssetExecutionContext, config: ShardConfig, store: ObjectStoreResource) -> dg.MaterializeResult:
+def hf_shards(
+    context: dg.AssetExecutionContext, config: ShardConfig, store: ObjectStoreResource
+) -> dg.MaterializeResult:
     batch_id = context.partition_key
     s = store.open()
     segments = read_parquet(s, batch_segments_key(store.processed_prefix, batch_id)).sort("id")
