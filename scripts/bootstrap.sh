@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
-if [ "${EMILIA_BROWSER_TESTS:-1}" = "1" ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
+if [ "${EMILIA_BROWSER_TESTS:-0}" = "1" ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
