@@ -33,6 +33,13 @@ class SegmentationRules:
     split_above_s: float = 20.0
     merge_gap_s: float = 2.0
 
+    def __post_init__(self) -> None:
+        # Hard-split pieces are at least max_s / 2 long; a larger min_s would drop every piece of a long stretch.
+        if not 0 < self.min_s <= self.max_s / 2 or not self.min_s < self.split_above_s <= self.max_s:
+            raise ValueError(
+                f"segmentation rules need 0 < min_s <= max_s/2 and min_s < split_above_s <= max_s, got {self}"
+            )
+
 
 def _speech_within(start: float, end: float, speech: list[tuple[float, float]]) -> list[tuple[float, float]]:
     out = []
@@ -68,8 +75,26 @@ def hard_split(start: float, end: float, max_s: float) -> list[tuple[float, floa
     return [(start + k * step, start + (k + 1) * step if k < n - 1 else end) for k in range(n)]
 
 
-def merge_short(segments: list[Span], rules: SegmentationRules) -> list[Span]:
-    """Rule 4: fold short segments into the previous one of the same speaker, then drop what is still short."""
+def _other_speaker_between(start: float, end: float, speaker: str, turns: list[Span]) -> bool:
+    """Whether some of (start, end) lies in another speaker's turn and in no turn of `speaker`."""
+    others = [t for t in turns if t.speaker != speaker and t.start < end and t.end > start]
+    own = sorted((t.start, t.end) for t in turns if t.speaker == speaker) if others else []
+    for other in others:
+        lo, hi = max(start, other.start), min(end, other.end)
+        for s, e in own:  # walk `lo` past this speaker's own turns
+            if lo >= hi or s > lo:
+                break
+            lo = max(lo, e)
+        if lo < hi:
+            return True
+    return False
+
+
+def merge_short(segments: list[Span], rules: SegmentationRules, turns: list[Span] | None = None) -> list[Span]:
+    """Rule 4: fold short segments into the previous one of the same speaker, then drop what is still short.
+
+    With `turns`, no merge swallows another speaker's turn in the gap: a turn VAD heard no speech in leaves no
+    segment between the two, yet it is still a speaker change."""
     merged: list[Span] = []
     for seg in segments:
         prev = merged[-1] if merged else None
@@ -79,6 +104,7 @@ def merge_short(segments: list[Span], rules: SegmentationRules) -> list[Span]:
             and prev.speaker == seg.speaker
             and seg.start - prev.end < rules.merge_gap_s
             and seg.end - prev.start <= rules.max_s
+            and not _other_speaker_between(prev.end, seg.start, seg.speaker, turns or [])
         ):
             merged[-1] = Span(prev.start, seg.end, prev.speaker)
         else:
@@ -104,4 +130,4 @@ def segment(
             p = Span(clipped[-1].end, p.end, p.speaker)
         if p.end > p.start:
             clipped.append(p)
-    return merge_short(clipped, rules)
+    return merge_short(clipped, rules, turns)
