@@ -26,6 +26,7 @@ def _process(args: argparse.Namespace) -> int:
         path = Path(file)
         eid = episode_id_for_key(str(path.resolve()))
         tmp = Path(args.out) / ".work" / eid
+        shutil.rmtree(tmp, ignore_errors=True)  # never let a crashed earlier run's all_segments.json survive
         try:
             result = pipeline.process(path, eid, tmp, language_hint=args.language)
         except AudioError as err:
