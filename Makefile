@@ -1,9 +1,13 @@
 # The two commands of the README: `make demo` and `make test`. Both set up what they need first.
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
+TINY   := models/tiny
+SHARED_DNSMOS := $(wildcard ../shared/models/dnsmos)
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export PYANNOTE_METRICS_ENABLED := false
 export EMILIA_LOCAL_STORE ?= $(CURDIR)/data
+# The embedded default runs every stage on tiny random-weight models (production: `emilia-forge models fetch`).
+export EMILIA_MODELS_DIR ?= $(CURDIR)/$(TINY)
 
 .PHONY: setup demo test test-fast lint dev validate clean
 
@@ -11,10 +15,14 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 	./scripts/bootstrap.sh
 	touch $@
 
-setup: $(STAMP)
+$(TINY)/models.json: $(STAMP) emilia_pipe/models.py $(wildcard emilia_pipe/tiny/*.py)
+	$(VENV)/bin/emilia-forge models tiny $(TINY) $(if $(SHARED_DNSMOS),--dnsmos $(SHARED_DNSMOS))
+
+setup: $(STAMP) $(TINY)/models.json
 
 demo: setup
-	RAW_AUDIO_SENSOR_INTERVAL_S=5 $(VENV)/bin/python -m emilia_assets.demo
+	# Random weights detect no language with confidence, so the demo names it (as ASR_LANGUAGE does in production).
+	ASR_LANGUAGE=en RAW_AUDIO_SENSOR_INTERVAL_S=5 $(VENV)/bin/python -m emilia_assets.demo
 
 test: setup
 	$(VENV)/bin/ruff check .

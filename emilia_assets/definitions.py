@@ -15,6 +15,7 @@ from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.jobs import emilia_job
+from emilia_pipe.settings import ALL_STAGES
 from resources.batching import BatchingResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
@@ -52,6 +53,20 @@ def batching_from_env() -> BatchingResource:
     )
 
 
+def pipe_from_env() -> EmiliaPipeResource:
+    stages = os.environ.get("EMILIA_STAGES")
+    return EmiliaPipeResource(
+        models_dir=_env("EMILIA_MODELS_DIR", ""),
+        stages=[s.strip() for s in stages.split(",") if s.strip()] if stages is not None else list(ALL_STAGES),
+        device=_env("EMILIA_DEVICE", "auto"),
+        hf_token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else "",
+        whisper_model=_env("WHISPER_MODEL", ""),
+        asr_batch_size=int(_env("BATCH_SIZE", "16")),
+        asr_language=_env("ASR_LANGUAGE", ""),
+        separation_chunk_s=float(_env("SEPARATION_CHUNKS", "30")),
+    )
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
@@ -61,6 +76,6 @@ def defs() -> dg.Definitions:
         resources={
             "store": object_store_from_env(),
             "batching": batching_from_env(),
-            "pipe": EmiliaPipeResource(),
+            "pipe": pipe_from_env(),
         },
     )

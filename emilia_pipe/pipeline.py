@@ -1,33 +1,33 @@
 """The Emilia pipe: chains the stages, loading every model once and reusing it for many episodes.
 
-    standardize -> [separate] -> [diarize] -> VAD -> segment -> [ASR] -> [DNSMOS] -> export
+    standardize -> separate -> diarize -> VAD -> segment -> ASR -> DNSMOS -> export
 
-Stages in brackets are optional objects handed to the pipeline (issue "full Emilia pipe" fills them in); without a
-diarizer the whole episode is one speaker, without ASR the language is the caller's hint.
+Each stage is optional (its config `None` turns it off): without separation the mix is segmented, without a
+diarizer the episode is one speaker, without ASR the language is the caller's hint and the text empty, without
+DNSMOS no scores. A segment is dropped only by the segmentation rules or because ASR found its language
+unsupported or uncertain (Emilia's rule); DNSMOS scores are recorded, never used to drop a segment.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any, TypeVar
 
 from emilia_pipe import audio as audio_io
+from emilia_pipe.asr import AsrConfig, WhisperAsr
+from emilia_pipe.diarization import DiarizationConfig, PyannoteDiarizer
+from emilia_pipe.dnsmos import Dnsmos, DnsmosConfig
 from emilia_pipe.export import Segment, write_episode
 from emilia_pipe.keys import UNKNOWN_LANGUAGE, safe_language, segment_name
 from emilia_pipe.segmentation import SegmentationRules, Span, segment
+from emilia_pipe.separation import MdxSeparator, SeparationConfig
 from emilia_pipe.vad import SileroVad, VadConfig
 
-
-class Separator(Protocol):
-    def vocals(self, audio: np.ndarray, sample_rate: int) -> np.ndarray: ...
-
-
-class Diarizer(Protocol):
-    def turns(self, audio: np.ndarray, sample_rate: int, episode_id: str) -> list[Span]: ...
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class PipeConfig:
     mp3_bitrate_kbps: int = 64
     vad: VadConfig = field(default_factory=VadConfig)
     rules: SegmentationRules = field(default_factory=SegmentationRules)
+    separation: SeparationConfig | None = None
+    diarization: DiarizationConfig | None = None
+    asr: AsrConfig | None = None
+    dnsmos: DnsmosConfig | None = None
+
+    @property
+    def stages(self) -> list[str]:
+        optional = {"separate": self.separation, "diarize": self.diarization, "asr": self.asr, "dnsmos": self.dnsmos}
+        return ["standardize", *(k for k, v in optional.items() if v is not None), "vad", "export"]
 
 
 @dataclass
@@ -45,6 +54,7 @@ class EpisodeResult:
     language: str
     duration_s: float
     segments: list[Segment]
+    dropped: list[dict[str, Any]]
     stage_seconds: dict[str, float]
     files: list[Path]
 
@@ -54,18 +64,15 @@ class EpisodeResult:
 
 
 class EmiliaPipeline:
-    """Build once per worker (models load in `__init__`), then call `process` for each episode."""
+    """Build once per worker (every model loads in `__init__`), then call `process` for each episode."""
 
-    def __init__(
-        self,
-        config: PipeConfig | None = None,
-        separator: Separator | None = None,
-        diarizer: Diarizer | None = None,
-    ):
-        self.config = config or PipeConfig()
-        self.vad = SileroVad(self.config.vad)
-        self.separator = separator
-        self.diarizer = diarizer
+    def __init__(self, config: PipeConfig | None = None):
+        self.config = cfg = config or PipeConfig()
+        self.vad = SileroVad(cfg.vad)
+        self.separator = MdxSeparator(cfg.separation) if cfg.separation else None
+        self.diarizer = PyannoteDiarizer(cfg.diarization) if cfg.diarization else None
+        self.asr = WhisperAsr(cfg.asr) if cfg.asr else None
+        self.dnsmos = Dnsmos(cfg.dnsmos) if cfg.dnsmos else None
 
     def process(
         self,
@@ -80,29 +87,65 @@ class EmiliaPipeline:
         Raises `audio.AudioError` for unusable input; the caller records it against the episode.
         """
         cfg = self.config
+        sr = cfg.sample_rate
         timings: dict[str, float] = {}
 
-        def timed(name: str, fn, *args):
+        def timed(name: str, fn: Callable[..., T], *args: Any) -> T:
             t0 = time.perf_counter()
             out = fn(*args)
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
             return out
 
-        audio = timed("standardize", audio_io.standardize, path, cfg.sample_rate, cfg.target_dbfs)
-        duration = audio.size / cfg.sample_rate
-        vocals = timed("separate", self.separator.vocals, audio, cfg.sample_rate) if self.separator else audio
+        audio = timed("standardize", audio_io.standardize, path, sr, cfg.target_dbfs)
+        duration = audio.size / sr
+        vocals = timed("separate", self.separator.vocals, audio, sr) if self.separator else audio
         if self.diarizer:
-            turns = timed("diarize", self.diarizer.turns, vocals, cfg.sample_rate, episode_id)
+            turns = timed("diarize", self.diarizer.turns, vocals, sr, episode_id)
         else:
             turns = [Span(0.0, duration, f"{episode_id}_S00")]
-        speech = timed("vad", self.vad.speech_spans, vocals, cfg.sample_rate)
+        speech = timed("vad", self.vad.speech_spans, vocals, sr)
         spans = segment(turns, speech, cfg.rules)
-        language = safe_language(language_hint) if language_hint else UNKNOWN_LANGUAGE
-        segments = [
-            Segment(id=segment_name(episode_id, i), start=s.start, end=s.end, speaker=s.speaker, language=language)
-            for i, s in enumerate(spans)
-        ]
-        meta = {"episode_id": episode_id, "duration": round(duration, 3), "language": language}
+
+        hint = safe_language(language_hint) if language_hint else UNKNOWN_LANGUAGE
+        dropped: list[dict[str, Any]] = []
+        kept: list[tuple[Span, Any]] = [(s, None) for s in spans]
+        if self.asr and spans:
+            transcripts = timed("asr", self.asr.transcribe, vocals, sr, [(s.start, s.end) for s in spans])
+            kept = []
+            for span, tr in zip(spans, transcripts, strict=True):
+                if tr.keep:
+                    kept.append((span, tr))
+                else:
+                    dropped.append({"start": round(span.start, 3), "end": round(span.end, 3), "reason": tr.reason})
+        scores: list[dict[str, float] | None] = [None] * len(kept)
+        if self.dnsmos and kept:
+            clips = [vocals[int(s.start * sr) : int(s.end * sr)] for s, _ in kept]
+            scores = timed("dnsmos", self.dnsmos.score_many, clips, sr)
+
+        language = _episode_language([tr for _, tr in kept if tr is not None], hint)
+        segments = []
+        for i, ((span, tr), score) in enumerate(zip(kept, scores, strict=True)):
+            seg = Segment(
+                id=segment_name(episode_id, i),
+                start=span.start,
+                end=span.end,
+                speaker=span.speaker,
+                language=safe_language(tr.language) if tr else hint,
+                text=tr.text.strip() if tr else "",
+                language_probability=round(tr.language_probability, 4) if tr else None,
+                dnsmos={k: round(v, 4) for k, v in score.items()} if score else None,
+                words=tr.words if tr else None,
+            )
+            segments.append(seg)
+        meta = {"episode_id": episode_id, "duration": round(duration, 3), "language": language,
+                "stages": cfg.stages, "dropped": dropped}
         meta.update(episode_meta or {})
-        files = timed("export", write_episode, out_dir, vocals, cfg.sample_rate, segments, meta, cfg.mp3_bitrate_kbps)
-        return EpisodeResult(episode_id, language, duration, segments, timings, files)
+        files = timed("export", write_episode, out_dir, vocals, sr, segments, meta, cfg.mp3_bitrate_kbps)
+        return EpisodeResult(episode_id, language, duration, segments, dropped, timings, files)
+
+
+def _episode_language(transcripts: list[Any], hint: str) -> str:
+    """The language most of the episode's speech is in (by segment count), else the caller's hint."""
+    if not transcripts:
+        return hint
+    return safe_language(Counter(t.language for t in transcripts).most_common(1)[0][0])

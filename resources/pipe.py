@@ -1,13 +1,14 @@
-"""The Emilia pipe as a Dagster resource: its settings, and one pipeline per worker process."""
-
+"""The Emilia pipe as a Dagster resource: which models, which stages, which device; one pipeline per worker."""
 
 import functools
 
 import dagster as dg
 from pydantic import Field
 
+from emilia_pipe.models import ModelSet
 from emilia_pipe.pipeline import EmiliaPipeline, PipeConfig
 from emilia_pipe.segmentation import SegmentationRules
+from emilia_pipe.settings import ALL_STAGES, build_pipe_config
 from emilia_pipe.vad import VadConfig
 
 
@@ -18,8 +19,18 @@ def _pipeline(config: PipeConfig) -> EmiliaPipeline:
 
 
 class EmiliaPipeResource(dg.ConfigurableResource):
-    """Settings of every stage; the defaults are Emilia's."""
+    """Settings of every stage; the defaults are Emilia's. Secrets (HF_TOKEN) come in through `dg.EnvVar`."""
 
+    models_dir: str = Field(default="", description="EMILIA_MODELS_DIR: a folder with models.json (fetch or tiny).")
+    stages: list[str] = Field(default=list(ALL_STAGES), description=f"Optional stages to run, of {ALL_STAGES}.")
+    device: str = Field(default="auto", description="cuda | cuda:N | cpu | auto (cuda when present).")
+    hf_token: str = Field(default="", description="HF_TOKEN, for gated pyannote models.")
+    whisper_model: str = Field(default="", description="WHISPER_MODEL: overrides the model set's Whisper.")
+    asr_batch_size: int = Field(default=16, description="BATCH_SIZE: segments per batched Whisper call.")
+    asr_language: str = Field(default="", description="ASR_LANGUAGE: force a language, skipping detection.")
+    asr_detect_per: str = Field(default="episode", description="Language detection per 'episode' or 'segment'.")
+    asr_beam_size: int = 5
+    separation_chunk_s: float = Field(default=30.0, description="SEPARATION_CHUNKS: seconds per separation chunk.")
     target_dbfs: float = Field(default=-20.0, description="Loudness target of the speech, dBFS RMS.")
     mp3_bitrate_kbps: int = Field(default=64, description="Segment MP3 bitrate; 64 kbps keeps the band to ~11 kHz.")
     vad_threshold: float = 0.5
@@ -29,16 +40,22 @@ class EmiliaPipeResource(dg.ConfigurableResource):
     merge_gap_s: float = 2.0
 
     def pipe_config(self) -> PipeConfig:
-        return PipeConfig(
+        return build_pipe_config(
+            ModelSet.load(self.models_dir) if self.models_dir else ModelSet(),
+            stages=self.stages,
+            device=self.device,
+            hf_token=self.hf_token or None,
+            whisper_model=self.whisper_model,
+            asr_batch_size=self.asr_batch_size,
+            asr_language=self.asr_language or None,
+            asr_detect_per=self.asr_detect_per,
+            asr_beam_size=self.asr_beam_size,
+            separation_chunk_s=self.separation_chunk_s,
             target_dbfs=self.target_dbfs,
             mp3_bitrate_kbps=self.mp3_bitrate_kbps,
             vad=VadConfig(threshold=self.vad_threshold),
-            rules=SegmentationRules(
-                min_s=self.min_segment_s,
-                max_s=self.max_segment_s,
-                split_above_s=self.split_above_s,
-                merge_gap_s=self.merge_gap_s,
-            ),
+            rules=SegmentationRules(min_s=self.min_segment_s, max_s=self.max_segment_s,
+                                    split_above_s=self.split_above_s, merge_gap_s=self.merge_gap_s),
         )
 
     def pipeline(self) -> EmiliaPipeline:

@@ -81,3 +81,34 @@ def sample(tmp_path: Path):
         return dst
 
     return get
+
+
+SHARED_DNSMOS = ROOT.parent / "shared" / "models" / "dnsmos"
+TINY_MODELS = ROOT / "models" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    """Random-weight models in the production formats (`make setup` builds them; built here if missing)."""
+    from emilia_pipe.models import MANIFEST, tiny
+
+    if not (TINY_MODELS / MANIFEST).is_file():
+        tiny(TINY_MODELS, SHARED_DNSMOS if SHARED_DNSMOS.is_dir() else None)
+    return TINY_MODELS
+
+
+@pytest.fixture
+def full_pipe(tiny_models: Path):
+    """Every stage of the Emilia pipe on the tiny models. Random weights detect no language with confidence,
+    so the language is given, as ASR_LANGUAGE does."""
+    from resources.pipe import EmiliaPipeResource
+
+    return EmiliaPipeResource(models_dir=str(tiny_models), asr_language="en", asr_beam_size=1)
+
+
+@pytest.fixture
+def fast_pipe():
+    """Standardize, VAD, segmentation and export only: for tests of the orchestration around the pipe."""
+    from resources.pipe import EmiliaPipeResource
+
+    return EmiliaPipeResource(stages=[])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,17 +44,22 @@ def test_s3_settings_come_from_the_environment_not_from_config(monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_runs_samples_to_shards_through_the_daemon(tmp_path):
+def test_demo_runs_samples_to_shards_through_the_daemon(tmp_path, tiny_models):
     """`make demo`'s own entry point, on a scratch instance and store."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster_home/dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "EMILIA_LOCAL_STORE": str(tmp_path / "data"),
-           "RAW_AUDIO_SENSOR_INTERVAL_S": "2", "EMILIA_WORK_DIR": str(tmp_path / "work")}
-    env.pop("R2_BUCKET", None)
+           "RAW_AUDIO_SENSOR_INTERVAL_S": "2", "EMILIA_WORK_DIR": str(tmp_path / "work"),
+           "EMILIA_MODELS_DIR": str(tiny_models), "ASR_LANGUAGE": "en"}  # what `make demo` sets
+    for name in ("R2_BUCKET", "EMILIA_STAGES"):
+        env.pop(name, None)
     proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "300"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shard: " in proc.stdout
     assert len(list((tmp_path / "data/shards/en").glob("*.tar"))) == 1
-    assert len(list((tmp_path / "data/processed/en").glob("*/all_segments.json"))) == 4
+    docs = [json.loads(p.read_text()) for p in (tmp_path / "data/processed/en").glob("*/all_segments.json")]
+    assert len(docs) == 4
+    assert all(len(d["episode"]["stages"]) == 7 for d in docs), "every stage ran"
+    assert all(s["text"] and s["dnsmos"] for d in docs for s in d["segments"])

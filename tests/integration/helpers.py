@@ -44,7 +44,9 @@ def batch_from_sensor(instance: dg.DagsterInstance, store: ObjectStoreResource, 
 
 
 def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_failure_fraction: float = 0.5,
-                      max_shard_mb: float = 512.0, raise_on_error: bool = True, selection=None):
+                      max_shard_mb: float = 512.0, raise_on_error: bool = True, selection=None,
+                      pipe: EmiliaPipeResource | None = None):
+    """Default pipe: the cheap stages only (`EmiliaPipeResource(stages=[])`); pass `full_pipe` for every stage."""
     assets = [raw_episodes, processed_segments, hf_shards]
     chosen = {a.key.to_user_string() for a in (selection or assets)}
     ops = {
@@ -56,7 +58,7 @@ def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_f
         selection=selection,
         partition_key=batch_id,
         instance=instance,
-        resources={"store": store, "pipe": EmiliaPipeResource()},
+        resources={"store": store, "pipe": pipe or EmiliaPipeResource(stages=[])},
         run_config={"ops": {k: v for k, v in ops.items() if k in chosen}},
         raise_on_error=raise_on_error,
     )

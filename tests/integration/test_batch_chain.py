@@ -27,12 +27,12 @@ def store(tmp_path):
     return ObjectStoreResource(local_root=str(tmp_path / "store"))
 
 
-def test_batch_runs_raw_audio_to_shards(store, tmp_path):
+def test_batch_runs_raw_audio_to_shards_with_every_stage(store, tmp_path, full_pipe):
     root = tmp_path / "store"
     keys = seed_samples(root, ["two_voices", "long_silence"])
     with dg.instance_for_test() as instance:
         (batch,) = batch_from_sensor(instance, store)
-        result = materialize_batch(instance, store, batch)
+        result = materialize_batch(instance, store, batch, pipe=full_pipe)
         assert result.success
         meta = metadata(result, "processed_segments")
         assert (meta["episodes"], meta["done"], meta["failed"]) == (2, 2, 0)
@@ -45,10 +45,15 @@ def test_batch_runs_raw_audio_to_shards(store, tmp_path):
         eid = ep["episode_id"][0]
         ep_dir = root / "processed/en" / eid
         doc = json.loads((ep_dir / "all_segments.json").read_text())
+        assert doc["episode"]["stages"] == ["standardize", "separate", "diarize", "asr", "dnsmos", "vad", "export"]
         mp3s = sorted(p.name for p in ep_dir.glob("*.mp3"))
         assert mp3s == sorted(s["wav"] for s in doc["segments"])
         for seg in doc["segments"]:
             assert 3.0 <= seg["duration"] <= 30.0
+            assert seg["text"] and seg["language"] == "en" and seg["language_probability"] == 1.0
+            assert seg["speaker"].startswith(f"{eid}_S")
+            assert set(seg["dnsmos"]) == {"sig", "bak", "ovrl", "p808"}
+            assert all(1.0 <= v <= 5.0 for v in seg["dnsmos"].values())
             info = sf.info(ep_dir / seg["wav"])
             assert info.samplerate == 24_000 and info.channels == 1
             assert abs(info.duration - seg["duration"]) < 0.1
@@ -63,6 +68,7 @@ def test_batch_runs_raw_audio_to_shards(store, tmp_path):
     samples = assert_paired(read_tar(shards[0]))
     assert len(samples) == meta["segments"]
     assert {"id", "wav", "text", "duration", "speaker", "language", "dnsmos"} <= set(samples[0])
+    assert all(isinstance(x["dnsmos"], float) and x["text"] for x in samples)
 
 
 def test_broken_files_are_recorded_and_the_rest_of_the_batch_succeeds(store, tmp_path):

@@ -22,7 +22,7 @@ def test_sensor_daemon_and_runs_take_s3_raw_audio_to_shards(s3_env, tmp_path, mo
     home.mkdir()
     shutil.copyfile(ROOT / "dagster_home/dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    env = {"RAW_AUDIO_SENSOR_INTERVAL_S": "2", "EMILIA_WORK_DIR": str(tmp_path / "work"),
+    env = {"RAW_AUDIO_SENSOR_INTERVAL_S": "2", "EMILIA_WORK_DIR": str(tmp_path / "work"), "EMILIA_STAGES": "",
            "EMILIA_LOCAL_STORE": str(tmp_path / "must-stay-empty")}
     s3 = boto3.client("s3", endpoint_url=s3_env["R2_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id="x", aws_secret_access_key="x")

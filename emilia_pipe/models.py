@@ -1,0 +1,169 @@
+"""Which model each stage uses, where it comes from, and how to cache it (real) or build it (tiny).
+
+Production names models by Hugging Face id (or URL) and `emilia-forge models fetch DIR` caches them for the
+Docker image; `emilia-forge models tiny DIR` writes random-weight models in the same formats with the real
+input/output names, so the demo, the tests and a cluster smoke test run the whole pipe offline through the same
+loading code. Both write `DIR/models.json`, which `ModelSet.load(DIR)` reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+# Production defaults. The DNSMOS files are pinned by commit and checksum (CC BY 4.0, Microsoft DNS Challenge).
+WHISPER_DEFAULT = "large-v3"
+DIARIZATION_DEFAULT = "pyannote/speaker-diarization-community-1"  # see emilia_pipe/diarization.py
+SEPARATION_REPO, SEPARATION_FILE = "seanghay/uvr_models", "UVR-MDX-NET-Inst_HQ_3.onnx"
+_DNSMOS_BASE = (
+    "https://github.com/microsoft/DNS-Challenge/raw/591184a9fcb2cbdec02520fed81a32bbbf9d73ff/DNSMOS/DNSMOS/"
+)
+DNSMOS_FILES = {
+    "sig_bak_ovr.onnx": "269fbebdb513aa23cddfbb593542ecc540284a91849ac50516870e1ac78f6edd",
+    "model_v8.onnx": "9246480c58567bc6affd4200938e77eef49468c8bc7ed3776d109c07456f6e91",
+}
+MANIFEST = "models.json"
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Where each model is: a local path, or an id the stage resolves itself (faster-whisper size, HF repo id)."""
+
+    whisper: str = WHISPER_DEFAULT
+    diarization: str = DIARIZATION_DEFAULT
+    separation: str = f"hf://{SEPARATION_REPO}/{SEPARATION_FILE}"
+    dnsmos_sig_bak_ovr: str = _DNSMOS_BASE + "sig_bak_ovr.onnx"
+    dnsmos_p808: str | None = _DNSMOS_BASE + "model_v8.onnx"
+    kind: str = "hub"  # hub | cached | tiny
+
+    def save(self, directory: Path) -> Path:
+        """Paths inside `directory` are stored relative, so the folder can move (into an image, onto a pod)."""
+        doc = {k: _relative(v, directory) for k, v in asdict(self).items()}
+        (directory / MANIFEST).write_text(json.dumps(doc, indent=1))
+        return directory / MANIFEST
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelSet:
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `emilia-forge models fetch|tiny {directory}` first")
+        doc = json.loads(path.read_text())
+        return cls(**{k: _absolute(v, directory) if k != "kind" else v for k, v in doc.items()})
+
+
+def _relative(value: str | None, directory: Path) -> str | None:
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_absolute() and p.resolve().is_relative_to(directory.resolve()):
+        return "./" + str(p.resolve().relative_to(directory.resolve()))
+    return value
+
+
+def _absolute(value: str | None, directory: Path) -> str | None:
+    if value is not None and value.startswith("./"):
+        return str((directory / value[2:]).resolve())
+    return value
+
+
+def resolve_file(ref: str, cache_dir: Path | None = None, token: str | None = None) -> str:
+    """A local path for a file model named by path, `hf://repo/file` or an https URL (downloaded once)."""
+    if ref.startswith("hf://"):
+        from huggingface_hub import hf_hub_download
+
+        owner, repo, filename = ref[len("hf://") :].split("/", 2)
+        return hf_hub_download(f"{owner}/{repo}", filename, token=token, cache_dir=cache_dir)
+    if ref.startswith(("https://", "http://")):
+        cache = Path(cache_dir or Path.home() / ".cache/emilia-forge")
+        target = cache / Path(ref).name
+        if not target.is_file():
+            _download(ref, target, DNSMOS_FILES.get(target.name))
+        return str(target)
+    return ref
+
+
+def _download(url: str, target: Path, sha256: str | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=120) as resp, tmp.open("wb") as fh:
+        shutil.copyfileobj(resp, fh)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    if sha256 and digest != sha256:
+        tmp.unlink()
+        raise ValueError(f"{url}: sha256 {digest} does not match the pinned {sha256}")
+    tmp.replace(target)
+
+
+def fetch(directory: Path, token: str | None = None, defaults: ModelSet | None = None) -> ModelSet:
+    """Cache every production model under `directory` (for the Docker build); needs the network and HF_TOKEN."""
+    from faster_whisper import download_model
+    from huggingface_hub import snapshot_download
+
+    m = defaults or ModelSet()
+    directory.mkdir(parents=True, exist_ok=True)
+    whisper = download_model(m.whisper, output_dir=str(directory / "whisper"))
+    diar_dir = Path(snapshot_download(m.diarization, token=token, local_dir=directory / "diarization"))
+    _localize_pyannote_config(diar_dir, directory / "diarization-deps", token)
+    separation = directory / "separation" / SEPARATION_FILE
+    shutil.copyfile(resolve_file(m.separation, token=token), _mkparent(separation))
+    dnsmos = {}
+    for name, sha in DNSMOS_FILES.items():
+        _download(_DNSMOS_BASE + name, directory / "dnsmos" / name, sha)
+        dnsmos[name] = str(directory / "dnsmos" / name)
+    cached = ModelSet(whisper=whisper, diarization=str(diar_dir), separation=str(separation),
+                      dnsmos_sig_bak_ovr=dnsmos["sig_bak_ovr.onnx"], dnsmos_p808=dnsmos["model_v8.onnx"],
+                      kind="cached")
+    cached.save(directory)
+    return cached
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _localize_pyannote_config(pipeline_dir: Path, deps_dir: Path, token: str | None) -> None:
+    """A pyannote pipeline's config.yaml names its sub-models by HF id: download them and point it at local copies."""
+    from huggingface_hub import snapshot_download
+
+    config_path = pipeline_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    params = config.get("pipeline", {}).get("params", {})
+    for key, value in list(params.items()):
+        if (isinstance(value, str) and not value.startswith("$") and value.count("/") == 1
+                and not Path(pipeline_dir, value).exists()):
+            local = snapshot_download(value, token=token, local_dir=deps_dir / value.replace("/", "--"))
+            params[key] = str(local)
+    config_path.write_text(yaml.safe_dump(config))
+
+
+def tiny(directory: Path, dnsmos_dir: Path | None = None) -> ModelSet:
+    """Random-weight models in the production formats (seconds to build, a few tens of MB).
+
+    DNSMOS: the real files when `dnsmos_dir` has them (they are small), else stand-ins with the real contract.
+    """
+    from emilia_pipe.tiny import dnsmos as tiny_dnsmos
+    from emilia_pipe.tiny import mdx as tiny_mdx
+    from emilia_pipe.tiny import pyannote as tiny_pyannote
+    from emilia_pipe.tiny import whisper as tiny_whisper
+
+    directory.mkdir(parents=True, exist_ok=True)
+    whisper = tiny_whisper.build(directory / "whisper", tiny_whisper.fetch_tiktoken(directory / ".cache"))
+    diarization = tiny_pyannote.build(directory / "diarization")
+    separation = tiny_mdx.build(directory / "separation" / "tiny_mdx.onnx")
+    if dnsmos_dir is not None and all((dnsmos_dir / n).is_file() for n in DNSMOS_FILES):
+        (directory / "dnsmos").mkdir(exist_ok=True)
+        sig, p808 = (Path(shutil.copyfile(dnsmos_dir / n, directory / "dnsmos" / n)) for n in DNSMOS_FILES)
+    else:
+        sig, p808 = tiny_dnsmos.build(directory / "dnsmos")
+    models = ModelSet(whisper=str(whisper), diarization=str(diarization), separation=str(separation),
+                      dnsmos_sig_bak_ovr=str(sig), dnsmos_p808=str(p808), kind="tiny")
+    models.save(directory)
+    return models

@@ -1,0 +1,80 @@
+"""From settings (model set, stages, device, Emilia's numbers) to a `PipeConfig`, shared by the CLI and Dagster."""
+
+from __future__ import annotations
+
+import os
+
+from emilia_pipe.asr import AsrConfig
+from emilia_pipe.diarization import DiarizationConfig
+from emilia_pipe.dnsmos import DnsmosConfig
+from emilia_pipe.models import ModelSet, resolve_file
+from emilia_pipe.pipeline import PipeConfig
+from emilia_pipe.segmentation import SegmentationRules
+from emilia_pipe.separation import SeparationConfig
+from emilia_pipe.vad import VadConfig
+
+ALL_STAGES = ("separate", "diarize", "asr", "dnsmos")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_pipe_config(
+    models: ModelSet,
+    stages: tuple[str, ...] | list[str] = ALL_STAGES,
+    device: str = "auto",
+    hf_token: str | None = None,
+    whisper_model: str = "",
+    asr_batch_size: int = 16,
+    asr_language: str | None = None,
+    asr_detect_per: str = "episode",
+    asr_beam_size: int = 5,
+    separation_chunk_s: float = 30.0,
+    target_dbfs: float = -20.0,
+    mp3_bitrate_kbps: int = 64,
+    vad: VadConfig | None = None,
+    rules: SegmentationRules | None = None,
+) -> PipeConfig:
+    """Per-stage devices can be overridden by `SEPARATION_DEVICE` and `DNSMOS_DEVICE` (the seed's names)."""
+    unknown = set(stages) - set(ALL_STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {ALL_STAGES}")
+    device = default_device() if device == "auto" else device
+    on = set(stages)
+    separation = diarization = asr = dnsmos = None
+    if "separate" in on:
+        separation = SeparationConfig(
+            model_path=resolve_file(models.separation, token=hf_token),
+            chunk_s=separation_chunk_s,
+            device=os.environ.get("SEPARATION_DEVICE") or device,
+        )
+    if "diarize" in on:
+        diarization = DiarizationConfig(model=models.diarization, hf_token=hf_token, device=device)
+    if "asr" in on:
+        asr = AsrConfig(
+            model=whisper_model or models.whisper,
+            device=device,
+            batch_size=asr_batch_size,
+            language=asr_language or None,
+            detect_per=asr_detect_per,
+            beam_size=asr_beam_size,
+        )
+    if "dnsmos" in on:
+        dnsmos = DnsmosConfig(
+            sig_bak_ovr_path=resolve_file(models.dnsmos_sig_bak_ovr),
+            p808_path=resolve_file(models.dnsmos_p808) if models.dnsmos_p808 else None,
+            device=os.environ.get("DNSMOS_DEVICE") or device,
+        )
+    return PipeConfig(
+        target_dbfs=target_dbfs,
+        mp3_bitrate_kbps=mp3_bitrate_kbps,
+        vad=vad or VadConfig(),
+        rules=rules or SegmentationRules(),
+        separation=separation,
+        diarization=diarization,
+        asr=asr,
+        dnsmos=dnsmos,
+    )
