@@ -44,8 +44,10 @@ class PipeConfig:
 
     @property
     def stages(self) -> list[str]:
-        optional = {"separate": self.separation, "diarize": self.diarization, "asr": self.asr, "dnsmos": self.dnsmos}
-        return ["standardize", *(k for k, v in optional.items() if v is not None), "vad", "export"]
+        """The stages this config runs, in the order they run."""
+        on = {"separate": self.separation, "diarize": self.diarization, "asr": self.asr, "dnsmos": self.dnsmos}
+        order = ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
+        return [s for s in order if on.get(s, True) is not None]
 
 
 @dataclass

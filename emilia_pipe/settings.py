@@ -32,6 +32,12 @@ def build_pipe_config(
     asr_language: str | None = None,
     asr_detect_per: str = "episode",
     asr_beam_size: int = 5,
+    asr_word_timestamps: bool = False,
+    asr_initial_prompt: str | None = None,
+    asr_supported_languages: tuple[str, ...] | None = None,
+    asr_min_language_probability: float = 0.5,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
     separation_chunk_s: float = 30.0,
     target_dbfs: float = -20.0,
     mp3_bitrate_kbps: int = 64,
@@ -52,7 +58,8 @@ def build_pipe_config(
             device=os.environ.get("SEPARATION_DEVICE") or device,
         )
     if "diarize" in on:
-        diarization = DiarizationConfig(model=models.diarization, hf_token=hf_token, device=device)
+        diarization = DiarizationConfig(model=models.diarization, hf_token=hf_token, device=device,
+                                        min_speakers=min_speakers, max_speakers=max_speakers)
     if "asr" in on:
         asr = AsrConfig(
             model=whisper_model or models.whisper,
@@ -61,6 +68,10 @@ def build_pipe_config(
             language=asr_language or None,
             detect_per=asr_detect_per,
             beam_size=asr_beam_size,
+            word_timestamps=asr_word_timestamps,
+            initial_prompt=asr_initial_prompt or None,
+            min_language_probability=asr_min_language_probability,
+            **({"supported_languages": tuple(asr_supported_languages)} if asr_supported_languages else {}),
         )
     if "dnsmos" in on:
         dnsmos = DnsmosConfig(

@@ -30,6 +30,12 @@ class EmiliaPipeResource(dg.ConfigurableResource):
     asr_language: str = Field(default="", description="ASR_LANGUAGE: force a language, skipping detection.")
     asr_detect_per: str = Field(default="episode", description="Language detection per 'episode' or 'segment'.")
     asr_beam_size: int = 5
+    asr_word_timestamps: bool = Field(default=False, description="Word-level timestamps in all_segments.json.")
+    asr_initial_prompt: str = Field(default="", description="Whisper initial prompt (style, names).")
+    asr_supported_languages: list[str] = Field(default=[], description="Languages kept; empty = Emilia's six.")
+    asr_min_language_probability: float = Field(default=0.5, description="Below this, a segment is dropped.")
+    min_speakers: int | None = Field(default=None, description="Diarization lower bound on speakers per episode.")
+    max_speakers: int | None = Field(default=None, description="Diarization upper bound on speakers per episode.")
     separation_chunk_s: float = Field(default=30.0, description="SEPARATION_CHUNKS: seconds per separation chunk.")
     target_dbfs: float = Field(default=-20.0, description="Loudness target of the speech, dBFS RMS.")
     mp3_bitrate_kbps: int = Field(default=64, description="Segment MP3 bitrate; 64 kbps keeps the band to ~11 kHz.")
@@ -50,6 +56,12 @@ class EmiliaPipeResource(dg.ConfigurableResource):
             asr_language=self.asr_language or None,
             asr_detect_per=self.asr_detect_per,
             asr_beam_size=self.asr_beam_size,
+            asr_word_timestamps=self.asr_word_timestamps,
+            asr_initial_prompt=self.asr_initial_prompt or None,
+            asr_supported_languages=tuple(self.asr_supported_languages) or None,
+            asr_min_language_probability=self.asr_min_language_probability,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
             separation_chunk_s=self.separation_chunk_s,
             target_dbfs=self.target_dbfs,
             mp3_bitrate_kbps=self.mp3_bitrate_kbps,

@@ -45,7 +45,7 @@ def test_batch_runs_raw_audio_to_shards_with_every_stage(store, tmp_path, full_p
         eid = ep["episode_id"][0]
         ep_dir = root / "processed/en" / eid
         doc = json.loads((ep_dir / "all_segments.json").read_text())
-        assert doc["episode"]["stages"] == ["standardize", "separate", "diarize", "asr", "dnsmos", "vad", "export"]
+        assert doc["episode"]["stages"] == ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
         mp3s = sorted(p.name for p in ep_dir.glob("*.mp3"))
         assert mp3s == sorted(s["wav"] for s in doc["segments"])
         for seg in doc["segments"]:

@@ -23,5 +23,5 @@ def test_cli_processes_files_into_the_processed_layout_and_reports_bad_ones(tmp_
     assert len(doc["segments"]) == line["segments"] >= 2
     assert sorted(p.name for p in ep_dir.glob("*.mp3")) == sorted(s["wav"] for s in doc["segments"])
     assert not (tmp_path / "out/.work").exists()
-    assert doc["episode"]["stages"][1:5] == ["separate", "diarize", "asr", "dnsmos"]
+    assert doc["episode"]["stages"] == ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
     assert all(s["text"] and s["dnsmos"]["ovrl"] > 0 for s in doc["segments"])
