@@ -7,7 +7,9 @@ default 32 kbps low-passes near 8.5 kHz and loses the sibilance TTS models need.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import lameenc
 import numpy as np
 
 ALL_SEGMENTS = "all_segments.json"
+EXPORT_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -66,15 +69,19 @@ def write_episode(
     episode: dict[str, Any],
     bitrate_kbps: int = 64,
 ) -> list[Path]:
-    """MP3s first, `all_segments.json` last: its presence means the directory is complete."""
+    """MP3s first (encoded on several threads; LAME runs outside the GIL), `all_segments.json` last: its presence
+    means the directory is complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
     segments = list(segments)
-    files = []
-    for seg in segments:
+
+    def encode(seg: Segment) -> Path:
         clip = audio[int(round(seg.start * sample_rate)) : int(round(seg.end * sample_rate))]
         path = out_dir / f"{seg.id}.mp3"
         path.write_bytes(encode_mp3(clip, sample_rate, bitrate_kbps))
-        files.append(path)
+        return path
+
+    with ThreadPoolExecutor(max_workers=max(1, min(EXPORT_THREADS, len(segments)))) as pool:
+        files = list(pool.map(encode, segments))
     doc = {"episode": episode, "segments": [s.to_json() for s in segments]}
     (out_dir / ALL_SEGMENTS).write_text(json.dumps(doc, ensure_ascii=False, indent=1))
     files.append(out_dir / ALL_SEGMENTS)
