@@ -3,7 +3,7 @@ import dagster as dg
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
-from emilia_assets.partitions import episode_batches
+from emilia_assets.partitions import episode_batches, podcast_feeds, youtube_sources
 
 # One batch = one run: ingest probe, the GPU stage and packing run in the same process, so models load once and
 # downloads are shared between steps.
@@ -13,4 +13,18 @@ emilia_job = dg.define_asset_job(
     partitions_def=episode_batches,
     executor_def=dg.in_process_executor,
     description="Raw audio of one batch to WebDataset shards: probe, Emilia pipe, pack.",
+)
+
+# Ingest jobs: several sources per run (ranged runs), downloads only, no GPU.
+podcast_ingest_job = dg.define_asset_job(
+    "podcast_ingest_job",
+    selection=dg.AssetSelection.assets("podcast_episodes"),
+    partitions_def=podcast_feeds,
+    executor_def=dg.in_process_executor,
+)
+youtube_ingest_job = dg.define_asset_job(
+    "youtube_ingest_job",
+    selection=dg.AssetSelection.assets("youtube_audio"),
+    partitions_def=youtube_sources,
+    executor_def=dg.in_process_executor,
 )

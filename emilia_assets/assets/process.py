@@ -64,6 +64,14 @@ class ProcessConfig(dg.Config):
     )
 
 
+def _sidecar(store: ObjectStore, audio_key: str) -> dict | None:
+    """The ingest sidecar next to the raw audio (title, url, feed, published, licence...), if there is one."""
+    try:
+        return json.loads(store.get_bytes(audio_key.rsplit(".", 1)[0] + ".json"))
+    except (KeyError, ValueError):
+        return None
+
+
 def _publish_episode(store: ObjectStore, processed_prefix: str, out_dir: Path, language: str, episode_id: str,
                      summary: dict) -> None:
     prefix = episode_dir(processed_prefix, language, episode_id)
@@ -139,9 +147,9 @@ def processed_segments(
             out_dir = Path(tempfile.mkdtemp(dir=work, prefix=".out-"))
             try:
                 local = cached_copy(s, ep["audio_key"], work, ep["bytes"])
-                result = pipeline.process(local, eid, out_dir, language_hint=ep["language"],
-                                          episode_meta={"audio_key": ep["audio_key"], "source": ep["source"],
-                                                        "batch_id": batch_id})
+                meta = {"audio_key": ep["audio_key"], "source": ep["source"], "batch_id": batch_id,
+                        "source_metadata": _sidecar(s, ep["audio_key"])}
+                result = pipeline.process(local, eid, out_dir, language_hint=ep["language"], episode_meta=meta)
                 language = safe_language(result.language)
                 done = {"language": language, "duration_s": round(result.duration_s, 3),
                         "speech_s": round(result.speech_s, 3), "segments": len(result.segments),

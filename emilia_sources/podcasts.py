@@ -1,0 +1,194 @@
+"""Ingest one podcast feed: fetch, parse, judge, then land each new episode in raw_audio/ with its sidecar.
+
+Everything a feed controls is treated as untrusted: keys are derived from hashes (`landing.raw_key`), never from a
+GUID or a title; sizes are capped by the downloader; "audio" is checked by magic bytes and then by decoding its first
+second (`emilia_pipe.audio.probe`), so an HTML error page or a truncated file never reaches the GPU pipe.
+
+One bad enclosure never stops a feed: it becomes a `failed` outcome with its reason and the next episode is tried.
+Only a problem with the feed itself (unreachable, malformed, dropped by the dialogue score) ends it early, recorded in
+`IngestReport.error`. Store errors are not caught: they are not the feed's fault, and the landing order (audio, sidecar,
+markers) makes a re-run after one safe.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from emilia_pipe.audio import AudioError, probe
+from emilia_sources.download import MAX_REDIRECTS, DownloadError, HostThrottle, download
+from emilia_sources.feeds import (
+    DialogueWeights,
+    Entry,
+    Feed,
+    FeedError,
+    FeedSource,
+    dialogue_score,
+    load_feed_list,
+    normalize_language,
+    parse_feed,
+)
+from emilia_sources.landing import IngestReport, Outcome, already_landed, land, raw_key, source_id_for
+from resources.object_store import ObjectStore
+
+# FeedSource and load_feed_list live in feeds.py; re-exported so the Dagster layer needs one import for podcasts
+__all__ = ["DialogueWeights", "FeedSource", "PodcastConfig", "ingest_feed", "load_feed_list"]
+
+
+@dataclass
+class PodcastConfig:
+    max_episode_bytes: int = 2 * 2**30
+    max_feed_bytes: int = 20 * 2**20
+    # Downloads tried (new + failed) per feed and run, newest first; episodes already landed do not count, so each
+    # run also works through a feed's back catalogue until it is done.
+    max_episodes_per_run: int = 50
+    weights: DialogueWeights = field(default_factory=DialogueWeights)
+    min_interval_per_host_s: float = 1.0
+    retries: int = 4
+    backoff_s: float = 0.5
+    timeout_s: float = 30.0
+    tmp_dir: str | None = None  # where episodes wait between download and upload; None: the system's temp dir
+
+
+def _newest_first(entries: list[Entry]) -> list[Entry]:
+    # ISO 8601 strings in UTC sort like the dates; undated entries go last, in feed order
+    return sorted(entries, key=lambda e: e.published or "", reverse=True)
+
+
+def _sidecar(feed: Feed, source: FeedSource, source_id: str, language: str | None, entry: Entry,
+             enclosure_url: str, duration_s: float, size: int, codec: str) -> dict[str, Any]:
+    return {
+        "title": entry.title,
+        "guid": entry.guid,
+        "published": entry.published,
+        "duration": round(duration_s, 3),
+        "declared_duration": entry.duration_s,
+        "feed_url": source.url,
+        "feed_title": feed.title,
+        "author": feed.author,
+        "language": language,
+        "categories": feed.categories or list(source.categories),
+        "explicit": entry.explicit if entry.explicit is not None else feed.explicit,
+        "link": entry.link,
+        "enclosure_url": enclosure_url,
+        "bytes": size,
+        "codec": codec,
+        "source_id": source_id,
+        "source": "podcast",
+    }
+
+
+def ingest_feed(
+    store: ObjectStore,
+    source: FeedSource,
+    *,
+    raw_prefix: str = "raw_audio/",
+    config: PodcastConfig | None = None,
+    session: requests.Session | None = None,
+    throttle: HostThrottle | None = None,
+    log: Callable[[str], Any] = print,
+) -> IngestReport:
+    """Land the feed's new episodes under `raw_audio/<language>/<source id>/`; returns what happened to each.
+
+    `throttle` should be shared by every feed of a run (many feeds live on the same few CDNs); without one, this
+    call gets its own. The language is the feed list's when it gives one, else the feed's own `<language>`.
+    """
+    config = config or PodcastConfig()
+    source_id = source.id or source_id_for(source.url, "feed")
+    report = IngestReport(source_id=source_id, source_url=source.url)
+    throttle = throttle or HostThrottle(config.min_interval_per_host_s)
+    own_session = session is None
+    if session is None:
+        session = requests.Session()
+        session.max_redirects = MAX_REDIRECTS
+    fetch = {"session": session, "throttle": throttle, "retries": config.retries, "backoff_s": config.backoff_s,
+             "timeout_s": config.timeout_s}
+    try:
+        with tempfile.TemporaryDirectory(prefix="emilia-ingest-", dir=config.tmp_dir) as tmp_name:
+            tmp = Path(tmp_name)
+            try:
+                got = download(source.url, tmp / "feed.xml", max_bytes=config.max_feed_bytes, accept="feed", **fetch)
+                feed = parse_feed(got.path.read_bytes(), source.url)
+            except DownloadError as err:
+                report.error = f"feed unreachable: {err.reason}"
+                log(f"{source_id}: {report.error}")
+                return report
+            except FeedError as err:
+                report.error = f"not a usable feed: {err.reason}"
+                log(f"{source_id}: {report.error}")
+                return report
+
+            score = dialogue_score(feed, config.weights)
+            if score < config.weights.threshold:
+                report.error = f"dropped by dialogue score {score:g} < {config.weights.threshold:g}"
+                log(f"{source_id} ({feed.title!r}): {report.error}")
+                return report
+            language = normalize_language(source.language) or feed.language
+            log(f"{source_id} ({feed.title!r}, {language or 'und'}): {len(feed.entries)} entries, score {score:g}")
+
+            tried: set[str] = set()
+            attempts = 0
+            for entry in _newest_first(feed.entries):
+                url = entry.enclosure_url
+                if not url:
+                    continue  # a text-only post: nothing to listen to
+                if attempts >= config.max_episodes_per_run:
+                    log(f"{source_id}: {config.max_episodes_per_run} downloads this run; the rest waits for the next")
+                    break
+                if url in tried:
+                    report.outcomes.append(Outcome(url, "skipped", reason="same enclosure twice in this feed"))
+                    continue
+                existing = already_landed(store, url=url, guid=entry.guid)
+                if existing:
+                    report.outcomes.append(Outcome(url, "skipped", key=existing, reason="already landed"))
+                    continue
+                tried.add(url)
+                attempts += 1
+                outcome = _land_episode(store, feed, source, source_id, language, entry, url, raw_prefix, tmp,
+                                        config, fetch)
+                report.outcomes.append(outcome)
+                if outcome.status == "failed":
+                    log(f"{source_id}: failed {url}: {outcome.reason}")
+    finally:
+        if own_session:
+            session.close()
+    log(f"{source_id}: {report.count('new')} new ({report.new_bytes / 2**20:.1f} MiB, {report.new_hours:.2f} h), "
+        f"{report.count('skipped')} skipped, {report.count('failed')} failed")
+    return report
+
+
+def _land_episode(
+    store: ObjectStore,
+    feed: Feed,
+    source: FeedSource,
+    source_id: str,
+    language: str | None,
+    entry: Entry,
+    url: str,
+    raw_prefix: str,
+    tmp: Path,
+    config: PodcastConfig,
+    fetch: dict[str, Any],
+) -> Outcome:
+    """Download, probe and land one enclosure; every problem of the episode itself becomes a failed outcome."""
+    dest = tmp / "episode"
+    try:
+        got = download(url, dest, max_bytes=config.max_episode_bytes, accept="audio", **fetch)
+    except DownloadError as err:
+        return Outcome(url, "failed", reason=err.reason)
+    try:
+        try:
+            info = probe(got.path)
+        except AudioError as err:
+            return Outcome(url, "failed", reason=f"unreadable audio: {err.reason}", bytes=got.bytes)
+        key = raw_key(raw_prefix, language, source_id, url, got.ext)
+        sidecar = _sidecar(feed, source, source_id, language, entry, url, info.duration_s, got.bytes, info.codec)
+        land(store, got.path, key, sidecar, url=url, guid=entry.guid)
+        return Outcome(url, "new", key=key, bytes=got.bytes, duration_s=info.duration_s)
+    finally:
+        got.path.unlink(missing_ok=True)  # episodes can be gigabytes: one on disk at a time
