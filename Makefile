@@ -20,7 +20,8 @@ $(TINY)/models.json: $(STAMP) emilia_pipe/models.py $(wildcard emilia_pipe/tiny/
 
 setup: $(STAMP) $(TINY)/models.json
 
-demo: setup
+demo: setup clean
+	# Starts from an empty local store and instance, so every run of the demo shows the whole chain.
 	# Random weights detect no language with confidence, so the demo names it (as ASR_LANGUAGE does in production).
 	ASR_LANGUAGE=en RAW_AUDIO_SENSOR_INTERVAL_S=5 $(VENV)/bin/python -m emilia_assets.demo
 
