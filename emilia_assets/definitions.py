@@ -15,11 +15,13 @@ from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.assets.sources import podcast_episodes, youtube_audio
-from emilia_assets.jobs import emilia_job, podcast_ingest_job, youtube_ingest_job
+from emilia_assets.jobs import emilia_job, podcast_ingest_job, publish_job, youtube_ingest_job
 from emilia_pipe.settings import ALL_STAGES
 from resources.batching import BatchingResource
+from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
+from sensors.publish import publish_sensor
 from sensors.raw_audio import raw_audio_sensor
 from sensors.sources import refresh_podcasts_schedule, refresh_youtube_schedule, sources_sensor
 
@@ -73,12 +75,17 @@ def pipe_from_env() -> EmiliaPipeResource:
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[podcast_episodes, youtube_audio, raw_episodes, processed_segments, hf_shards],
-        jobs=[emilia_job, podcast_ingest_job, youtube_ingest_job],
-        sensors=[raw_audio_sensor, sources_sensor],
+        jobs=[emilia_job, publish_job, podcast_ingest_job, youtube_ingest_job],
+        sensors=[raw_audio_sensor, publish_sensor, sources_sensor],
         schedules=[refresh_podcasts_schedule, refresh_youtube_schedule],
         resources={
             "store": object_store_from_env(),
             "batching": batching_from_env(),
             "pipe": pipe_from_env(),
+            "hf": HuggingFaceResource(
+                repo_id=_env("HF_REPO_ID", ""),
+                token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else "",
+                endpoint=_env("HF_ENDPOINT", ""),
+            ),
         },
     )

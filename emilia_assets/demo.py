@@ -1,7 +1,8 @@
 """`make demo`: bundled sample episodes through the real Dagster machinery, on the embedded default.
 
-Seeds `raw_audio/` of the local store with `samples/*.mp3`, turns on `raw_audio_sensor`, runs `dagster-daemon`
-(sensor ticks -> batch partitions -> queued runs -> the run launcher), waits for every run to finish and prints
+Seeds `raw_audio/` of the local store with `samples/*.mp3`, turns on `raw_audio_sensor` and `publish_sensor`, runs
+`dagster-daemon` (sensor ticks -> batch partitions -> queued runs -> the run launcher; the batch's processed
+segments -> its publish run), waits for every run to finish and prints
 where the shards are. Reused by the integration tests with an S3 store instead.
 """
 
@@ -45,12 +46,16 @@ def dagster_cli(*args: str, env: dict[str, str] | None = None) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+SENSORS = ("raw_audio_sensor", "publish_sensor")
+
+
 def run_daemon_until(
-    expect_runs: int, timeout_s: float = 900, env: dict[str, str] | None = None, log=print
+    expect: dict[str, int], timeout_s: float = 900, env: dict[str, str] | None = None, log=print
 ) -> list[dg.DagsterRun]:
-    """Start the sensor and the daemon; return once `expect_runs` runs of emilia_job have finished."""
+    """Start the sensors and the daemon; return once `expect[job]` runs of each job have finished."""
     env = {**os.environ, **(env or {})}
-    dagster_cli("sensor", "start", "raw_audio_sensor", env=env)
+    for sensor in SENSORS:
+        dagster_cli("sensor", "start", sensor, env=env)
     daemon = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -58,27 +63,30 @@ def run_daemon_until(
     try:
         deadline = time.monotonic() + timeout_s
         seen: dict[str, DagsterRunStatus] = {}
+        done: list[dg.DagsterRun] = []
         with DagsterInstance.get() as instance:
             while time.monotonic() < deadline:
-                runs = instance.get_runs(dg.RunsFilter(job_name="emilia_job"))
+                runs = [r for job in expect for r in instance.get_runs(dg.RunsFilter(job_name=job))]
                 for run in runs:
                     if seen.get(run.run_id) != run.status:
                         seen[run.run_id] = run.status
-                        log(f"run {run.run_id[:8]} batch {run.tags.get('dagster/partition')}: {run.status.value}")
+                        log(f"{run.job_name} run {run.run_id[:8]} batch {run.tags.get('dagster/partition')}: "
+                            f"{run.status.value}")
                 done = [r for r in runs if r.status in TERMINAL]
-                if len(done) >= expect_runs:
+                if all(sum(r.job_name == job for r in done) >= n for job, n in expect.items()):
                     return done
                 if daemon.poll() is not None:
                     raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}")
                 time.sleep(1)
-        raise TimeoutError(f"only {len(done)}/{expect_runs} runs finished in {timeout_s:.0f} s")
+        raise TimeoutError(f"runs finished: {len(done)}, expected {expect}, in {timeout_s:.0f} s")
     finally:
         os.killpg(daemon.pid, signal.SIGINT)
         try:
             daemon.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
-        dagster_cli("sensor", "stop", "raw_audio_sensor", env=env)
+        for sensor in SENSORS:
+            dagster_cli("sensor", "stop", sensor, env=env)
 
 
 def main() -> int:
@@ -90,8 +98,9 @@ def main() -> int:
     store_root = Path(os.environ.get("EMILIA_LOCAL_STORE", "data")).resolve()
     seeded = seed_local(store_root)
     print(f"seeded {len(seeded)} sample episodes into {store_root / 'raw_audio'}")
-    before = len(DagsterInstance.get().get_runs(dg.RunsFilter(job_name="emilia_job")))
-    runs = run_daemon_until(before + 1, args.timeout)
+    with DagsterInstance.get() as instance:
+        before = {job: len(instance.get_runs(dg.RunsFilter(job_name=job))) for job in ("emilia_job", "publish_job")}
+    runs = run_daemon_until({job: n + 1 for job, n in before.items()}, args.timeout)
     failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS]
     shards = sorted(store_root.glob("shards/*/*.tar"))
     print(f"\n{len(runs)} run(s) finished, {len(failed)} failed")

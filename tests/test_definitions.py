@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_definitions_are_loadable_and_complete():
     d = defs()
     dg.Definitions.validate_loadable(d)
-    job = d.resolve_job_def("emilia_job")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "raw_episodes", "processed_segments", "hf_shards",
-    }
+    def assets_of(job: str) -> set[str]:
+        return {k.to_user_string() for k in d.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    assert assets_of("emilia_job") == {"raw_episodes", "processed_segments"}  # the GPU pod
+    assert assets_of("publish_job") == {"hf_shards"}  # no GPU
     assert d.resolve_sensor_def("raw_audio_sensor").job_name == "emilia_job"
+    assert d.resolve_sensor_def("publish_sensor").job_name == "publish_job"
 
 
 def test_cli_validates_the_workspace():

@@ -31,8 +31,9 @@ def test_sensor_daemon_and_runs_take_s3_raw_audio_to_shards(s3_env, tmp_path, mo
         s3.upload_file(str(SAMPLES / f"{stem}.mp3"), bucket, f"raw_audio/en/pod/{stem}.mp3")
     s3.put_object(Bucket=bucket, Key="raw_audio/en/pod/two_voices.json", Body=b'{"title": "two voices"}')
 
-    runs = run_daemon_until(1, timeout_s=300, env=env)
-    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+    runs = run_daemon_until({"emilia_job": 1, "publish_job": 1}, timeout_s=300, env=env)
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    assert {r.tags["dagster/partition"] for r in runs} == {runs[0].tags["dagster/partition"]}
     batch = runs[0].tags["dagster/partition"]
 
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
@@ -49,8 +50,9 @@ def test_sensor_daemon_and_runs_take_s3_raw_audio_to_shards(s3_env, tmp_path, mo
     # The secret key is read from the environment at run time: it is in no event, log or config Dagster kept.
     secret = s3_env["R2_SECRET_ACCESS_KEY"].encode()
     with dg.DagsterInstance.get() as instance:
-        records = instance.get_records_for_run(runs[0].run_id).records
-        assert records and not any(secret in repr(r.event_log_entry).encode() for r in records)
+        for run in runs:
+            records = instance.get_records_for_run(run.run_id).records
+            assert records and not any(secret in repr(r.event_log_entry).encode() for r in records)
     for path in home.rglob("*"):
         if path.is_file():
             assert secret not in path.read_bytes(), f"secret written to {path}"
