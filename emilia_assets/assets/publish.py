@@ -21,7 +21,14 @@ from emilia_pipe.shards import Sample, plan_shards, write_shard
 from emilia_publish.card import render_card
 from emilia_publish.filters import PublishFilters, apply_filters
 from emilia_publish.hub import publish_files
-from emilia_publish.index import concat_indexes, index_frame, index_from_parquet, index_to_parquet
+from emilia_publish.index import (
+    checksums_to_parquet,
+    concat_indexes,
+    index_frame,
+    index_from_parquet,
+    index_to_parquet,
+    shard_checksums,
+)
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStore, ObjectStoreResource, iter_objects
 
@@ -60,12 +67,17 @@ def index_key(batch_id: str) -> str:
     return f"{INDEX_PREFIX}{batch_id}.parquet"
 
 
+def checksums_key(batch_id: str) -> str:
+    """Shard-level checksums (shard, bytes, samples, sha256), beside the index; not part of the sample index."""
+    return f"{INDEX_PREFIX}{batch_id}.shards.parquet"
+
+
 def release_index(store: ObjectStore) -> pl.DataFrame:
     """Every batch's index in the store: the whole release, which the card describes."""
     return concat_indexes(
         index_from_parquet(store.get_bytes(o.key))
         for o in iter_objects(store, INDEX_PREFIX)
-        if o.key.endswith(".parquet")
+        if o.key.endswith(".parquet") and not o.key.endswith(".shards.parquet")
     )
 
 
@@ -114,7 +126,9 @@ def hf_shards(
                     s.delete(obj.key)
 
         index = index_frame([sample_meta(r) for r in segments.iter_rows(named=True)], shard_of, batch_id=batch_id)
+        checksums = shard_checksums(uploads)  # only the shards are in `uploads` yet
         s.put_bytes(index_key(batch_id), index_to_parquet(index))
+        s.put_bytes(checksums_key(batch_id), checksums_to_parquet(checksums))
         release = release_index(s)
         readme, figure = render_card(release, repo_id=hf.repo_id or "emilia-forge/dataset", license=hf.license,
                                      filters=config.filters(), index_path="index/*.parquet")
@@ -124,8 +138,9 @@ def hf_shards(
         upload_meta: dict[str, dg.MetadataValue] = {"upload": dg.MetadataValue.text("skipped: HF_REPO_ID unset")}
         target = hf.target()
         if target is not None:
-            for name, data in ((f"index/{batch_id}.parquet", index_to_parquet(index)), ("README.md", readme.encode()),
-                               ("assets/distributions.png", figure)):
+            for name, data in ((index_key(batch_id), index_to_parquet(index)),
+                               (checksums_key(batch_id), checksums_to_parquet(checksums)),
+                               ("README.md", readme.encode()), ("assets/distributions.png", figure)):
                 path = Path(tmp) / name.replace("/", "__")
                 path.write_bytes(data)
                 uploads[name] = path  # after the shards: the repo never points at shards it lacks

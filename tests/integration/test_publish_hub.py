@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 
 import dagster as dg
+import polars as pl
 import yaml
 
 from emilia_assets.assets.publish import hf_shards
@@ -42,7 +44,11 @@ def test_batches_publish_with_faults_midway_and_rerun_uploads_nothing(fake_hub, 
         assert len(shards) == meta["shards"] > 1
         keys = [k for p in shards for k in tar_keys(files[p])]
         assert len(keys) == len(set(keys)) == meta["samples"], "every sample exactly once on the Hub"
-        assert {f"index/{batch}.parquet", "README.md", "assets/distributions.png"} <= set(files)
+        assert {f"index/{batch}.parquet", f"index/{batch}.shards.parquet", "README.md",
+                "assets/distributions.png"} <= set(files)
+        sums = pl.read_parquet(io.BytesIO(files[f"index/{batch}.shards.parquet"]))
+        assert sorted(sums["sha256"]) == sorted(hashlib.sha256(files[p]).hexdigest() for p in shards)
+        assert int(sums["samples"].sum()) == meta["samples"]
         header = yaml.safe_load(files["README.md"].decode().split("---")[1])
         assert "en" in header["language"]
         commits_before = len(fake_hub.commits(REPO))
