@@ -82,9 +82,9 @@ def _publish_episode(store: ObjectStore, processed_prefix: str, out_dir: Path, l
     store.put_bytes(episode_done_key(processed_prefix, episode_id), json.dumps(summary).encode())
 
 
-def _segment_rows(store: ObjectStore, processed_prefix: str, batch_id: str, ep: dict, done: dict) -> list[dict]:
+def _segment_rows(processed_prefix: str, batch_id: str, ep: dict, done: dict, doc: dict) -> list[dict]:
+    """Catalogue rows of one finished episode, from its all_segments.json document."""
     prefix = episode_dir(processed_prefix, done["language"], ep["episode_id"])
-    doc = json.loads(store.get_bytes(prefix + ALL_SEGMENTS))
     rows = []
     for seg in doc["segments"]:
         dnsmos = seg.get("dnsmos") or {}
@@ -138,7 +138,8 @@ def processed_segments(
             if s.exists(done_key):
                 done = json.loads(s.get_bytes(done_key))
                 record(ep, "resumed", **done)
-                segment_rows += _segment_rows(s, pp, batch_id, ep, done)
+                doc = json.loads(s.get_bytes(episode_dir(pp, done["language"], eid) + ALL_SEGMENTS))
+                segment_rows += _segment_rows(pp, batch_id, ep, done, doc)
                 continue
             if probe is not None and not probe["ok"]:
                 record(ep, "failed", f"{ep['audio_key']}: {probe['reason']}")
@@ -156,6 +157,7 @@ def processed_segments(
                         "wall_s": round(time.perf_counter() - t0, 3),
                         "all_segments": join(episode_dir(pp, language, eid), ALL_SEGMENTS)}
                 _publish_episode(s, pp, out_dir, language, eid, done)
+                doc = json.loads((out_dir / ALL_SEGMENTS).read_text())  # the local copy: no second download
             except (AudioError, KeyError) as err:
                 reason = err.reason if isinstance(err, AudioError) else "object vanished from the store"
                 context.log.warning(f"episode {eid} ({ep['audio_key']}) failed: {reason}")
@@ -170,7 +172,7 @@ def processed_segments(
             for k, v in result.stage_seconds.items():
                 stage_totals[k] = stage_totals.get(k, 0.0) + v
             record(ep, "done", **done)
-            segment_rows += _segment_rows(s, pp, batch_id, ep, done)
+            segment_rows += _segment_rows(pp, batch_id, ep, done, doc)
             context.log.info(f"[{i}/{total}] {eid}: {len(result.segments)} segments, "
                              f"{result.duration_s / 60:.1f} min in {done['wall_s']:.1f} s")
 
