@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -158,17 +159,24 @@ def recent_manifests(store: ObjectStore, since: float | None) -> list[str]:
     ]
 
 
-_MANIFEST_KEYS_CACHE: dict[str, frozenset[str]] = {}
+# Manifests are immutable, so their keys are cached per process; bounded, because the code server that runs the
+# sensor lives for weeks and only the manifests of the last sweep or two are ever asked for.
+_MANIFEST_KEYS_CACHE: OrderedDict[str, frozenset[str]] = OrderedDict()
+_MANIFEST_KEYS_CACHE_SIZE = 2048
 
 
 def batched_keys(store: ObjectStore, batch_ids: list[str]) -> set[str]:
-    """Audio keys already in these batches (manifests are immutable, so they are cached per process)."""
+    """Audio keys already in these batches."""
     out: set[str] = set()
     for bid in batch_ids:
         cache_key = f"{store.describe()}|{bid}"
-        if cache_key not in _MANIFEST_KEYS_CACHE:
+        if cache_key in _MANIFEST_KEYS_CACHE:
+            _MANIFEST_KEYS_CACHE.move_to_end(cache_key)
+        else:
             frame = read_parquet(store, manifest_key(bid))
             _MANIFEST_KEYS_CACHE[cache_key] = frozenset(frame["audio_key"].to_list())
+            if len(_MANIFEST_KEYS_CACHE) > _MANIFEST_KEYS_CACHE_SIZE:
+                _MANIFEST_KEYS_CACHE.popitem(last=False)
         out |= _MANIFEST_KEYS_CACHE[cache_key]
     return out
 

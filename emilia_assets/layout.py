@@ -37,3 +37,17 @@ def shard_prefix(language: str, batch_id: str) -> str:
 
 def shard_key(language: str, batch_id: str, n: int) -> str:
     return f"{shard_prefix(language, batch_id)}{n:05d}.tar"
+
+
+INDEX_PREFIX = "index/"
+CARD_PREFIX = "card/"
+
+
+def index_key(batch_id: str) -> str:
+    """One row per published sample of the batch; the same path in the store and in the Hub repo."""
+    return f"{INDEX_PREFIX}{batch_id}.parquet"
+
+
+def checksums_key(batch_id: str) -> str:
+    """Shard-level checksums (shard, bytes, samples, sha256), beside the index; not part of the sample index."""
+    return f"{INDEX_PREFIX}{batch_id}.shards.parquet"

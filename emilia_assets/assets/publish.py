@@ -5,7 +5,6 @@ the card last, so the repo never advertises samples it does not hold. Shards are
 files the Hub already has with the same checksum, so re-running a batch never duplicates a sample.
 """
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,15 @@ from pydantic import Field
 
 from emilia_assets.assets.process import processed_segments
 from emilia_assets.batching import read_parquet
-from emilia_assets.layout import batch_segments_key, shard_key, shard_prefix
+from emilia_assets.layout import (
+    CARD_PREFIX,
+    INDEX_PREFIX,
+    batch_segments_key,
+    checksums_key,
+    index_key,
+    shard_key,
+    shard_prefix,
+)
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.shards import Sample, plan_shards, write_shard
 from emilia_publish.card import render_card
@@ -31,9 +38,6 @@ from emilia_publish.index import (
 )
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStore, ObjectStoreResource, iter_objects
-
-INDEX_PREFIX = "index/"
-CARD_PREFIX = "card/"
 
 
 class ShardConfig(dg.Config):
@@ -63,15 +67,6 @@ def sample_meta(row: dict) -> dict:
     }
 
 
-def index_key(batch_id: str) -> str:
-    return f"{INDEX_PREFIX}{batch_id}.parquet"
-
-
-def checksums_key(batch_id: str) -> str:
-    """Shard-level checksums (shard, bytes, samples, sha256), beside the index; not part of the sample index."""
-    return f"{INDEX_PREFIX}{batch_id}.shards.parquet"
-
-
 def release_index(store: ObjectStore) -> pl.DataFrame:
     """Every batch's index in the store: the whole release, which the card describes."""
     return concat_indexes(
@@ -96,7 +91,6 @@ def hf_shards(
     s = store.open()
     catalogue = read_parquet(s, batch_segments_key(store.processed_prefix, batch_id)).sort("id")
     segments, dropped = apply_filters(catalogue, config.filters())
-    written: list[dict] = []
     shard_of: dict[str, str] = {}
     uploads: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,23 +106,22 @@ def hf_shards(
             for n, shard in enumerate(plan):
                 path = Path(tmp) / f"{language}-{n:05d}.tar"
                 samples = (Sample(k, s.get_bytes(by_id[k]["mp3_key"]), sample_meta(by_id[k])) for k in shard)
-                count = write_shard(path, samples)
+                write_shard(path, samples)
                 key = shard_key(language, batch_id, n)
                 s.put_file(path, key)
                 keys.append(key)
                 shard_of.update(dict.fromkeys(shard, key))
                 uploads[f"data/{language}/{batch_id}-{n:05d}.tar"] = path
-                written.append({"shard": key, "language": language, "samples": count, "bytes": path.stat().st_size,
-                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
             # A rebuild that yields fewer shards must not leave the old tail behind (it would duplicate samples).
             for obj in list(iter_objects(s, shard_prefix(language, batch_id))):
                 if obj.key not in keys:
                     s.delete(obj.key)
 
         index = index_frame([sample_meta(r) for r in segments.iter_rows(named=True)], shard_of, batch_id=batch_id)
-        checksums = shard_checksums(uploads)  # only the shards are in `uploads` yet
-        s.put_bytes(index_key(batch_id), index_to_parquet(index))
-        s.put_bytes(checksums_key(batch_id), checksums_to_parquet(checksums))
+        checksums = shard_checksums(uploads)  # only the shards are in `uploads` yet; one read of each tar
+        index_bytes, checksum_bytes = index_to_parquet(index), checksums_to_parquet(checksums)
+        s.put_bytes(index_key(batch_id), index_bytes)
+        s.put_bytes(checksums_key(batch_id), checksum_bytes)
         release = release_index(s)
         readme, figure = render_card(release, repo_id=hf.repo_id or "emilia-forge/dataset", license=hf.license,
                                      filters=config.filters(), index_path="index/*.parquet")
@@ -138,8 +131,7 @@ def hf_shards(
         upload_meta: dict[str, dg.MetadataValue] = {"upload": dg.MetadataValue.text("skipped: HF_REPO_ID unset")}
         target = hf.target()
         if target is not None:
-            for name, data in ((index_key(batch_id), index_to_parquet(index)),
-                               (checksums_key(batch_id), checksums_to_parquet(checksums)),
+            for name, data in ((index_key(batch_id), index_bytes), (checksums_key(batch_id), checksum_bytes),
                                ("README.md", readme.encode()), ("assets/distributions.png", figure)):
                 path = Path(tmp) / name.replace("/", "__")
                 path.write_bytes(data)
@@ -154,8 +146,7 @@ def hf_shards(
                 "retries": dg.MetadataValue.int(report.retries),
             }
 
-    table = pl.DataFrame(written, schema={"shard": pl.String, "language": pl.String, "samples": pl.Int64,
-                                          "bytes": pl.Int64, "sha256": pl.String})
+    table = checksums  # shard (its path in the repo), bytes, samples, sha256
     return dg.MaterializeResult(
         metadata={
             "shards": dg.MetadataValue.int(table.height),
