@@ -35,7 +35,7 @@ CHECKSUM_SCHEMA: dict[str, pl.DataType] = {
     "samples": pl.Int64(),
     "sha256": pl.String(),
 }
-# `shards/<language>/<batch_id>-<n:05d>.tar` (emilia_assets.layout.shard_key): the batch is in the file name.
+# `shards/<language>/<batch_id>-<n:05d>.tar` (emilia_store.layout.shard_key): the batch is in the file name.
 _SHARD_NAME = re.compile(r"^(?P<batch>.+)-\d{5}\.tar$")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emilia_pipe.keys import join, safe_language, slug
-from resources.object_store import ObjectStore
+from emilia_store import ObjectStore
 
 SEEN_PREFIX = "sources/_seen/"
 

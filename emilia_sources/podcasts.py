@@ -34,7 +34,7 @@ from emilia_sources.feeds import (
     parse_feed,
 )
 from emilia_sources.landing import IngestReport, Outcome, already_landed, land, raw_key, source_id_for
-from resources.object_store import ObjectStore
+from emilia_store import ObjectStore
 
 # FeedSource and load_feed_list live in feeds.py; re-exported so the Dagster layer needs one import for podcasts
 __all__ = ["DialogueWeights", "FeedSource", "PodcastConfig", "ingest_feed", "load_feed_list"]

@@ -34,7 +34,7 @@ from yt_dlp.utils import make_archive_id, match_filter_func, unsmuggle_url
 from emilia_pipe.audio import AudioError, AudioInfo, probe
 from emilia_pipe.keys import join, slug
 from emilia_sources.landing import IngestReport, Outcome, already_landed, land, raw_key, source_id_for
-from resources.object_store import ObjectStore
+from emilia_store import ObjectStore
 
 ARCHIVE_PREFIX = "sources/_ytdlp_archive/"
 _PARTIAL_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp")

@@ -1,5 +1,1 @@
-"""Dagster resources: the object store and the Emilia pipe's configuration."""
-
-from resources.object_store import LocalStore, ObjectInfo, ObjectStore, ObjectStoreResource, S3Store
-
-__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "ObjectStoreResource", "S3Store"]
+"""Dagster resources: each builds a Dagster-free object (store, pipe settings, batching limits, Hub target)."""

@@ -4,7 +4,7 @@
 import dagster as dg
 from pydantic import Field
 
-from emilia_assets.batching import BatchLimits, ScanLimits
+from emilia_pipe.batching import BatchLimits, ScanLimits
 
 
 class BatchingResource(dg.ConfigurableResource):

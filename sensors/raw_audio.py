@@ -1,6 +1,6 @@
 """raw_audio_sensor: new objects under raw_audio/ become batch manifests, partitions and runs.
 
-A thin wrapper over `emilia_assets.batching.scan_tick`, which holds the paging and dedupe logic.
+A thin wrapper over `emilia_pipe.batching.scan_tick`, which holds the paging and dedupe logic.
 """
 
 
@@ -8,17 +8,17 @@ import os
 
 import dagster as dg
 
-from emilia_assets.batching import (
+from emilia_assets.jobs import emilia_job
+from emilia_assets.partitions import episode_batches
+from emilia_pipe.batching import (
     ScanCursor,
     batched_keys,
     manifest_frame,
     manifest_key,
     recent_manifests,
     scan_tick,
-    write_parquet,
 )
-from emilia_assets.jobs import emilia_job
-from emilia_assets.partitions import episode_batches
+from emilia_store import write_parquet
 from resources.batching import BatchingResource
 from resources.object_store import ObjectStoreResource
 

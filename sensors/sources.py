@@ -8,15 +8,20 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from emilia_assets.assets.sources import SOURCES_PER_RUN
 from emilia_assets.jobs import podcast_ingest_job, youtube_ingest_job
 from emilia_assets.partitions import podcast_feeds, youtube_sources
-from emilia_assets.sources_registry import LIST_KEYS, RegisteredSource, register
 from emilia_sources.feeds import load_feed_list
 from emilia_sources.landing import source_id_for
-from resources.object_store import ObjectStore, ObjectStoreResource
+from emilia_sources.registry import LIST_KEYS, RegisteredSource, register
+from emilia_store import ObjectStore
+from resources.object_store import ObjectStoreResource
+
+# Dagster's documented run tags for a ranged run (the same ones the UI and `dagster job launch --tags` use);
+# RunRequest takes no partition range argument in this release.
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 KINDS = {
     "podcast": (podcast_feeds, podcast_ingest_job, "feed"),

@@ -60,7 +60,7 @@ def s3_store(s3_env: dict[str, str]):
 
 @pytest.fixture
 def local_store(tmp_path: Path):
-    from resources.object_store import LocalStore
+    from emilia_store import LocalStore
 
     return LocalStore(tmp_path / "store")
 

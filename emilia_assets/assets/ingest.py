@@ -4,12 +4,13 @@
 import dagster as dg
 import polars as pl
 
-from emilia_assets.batching import read_manifest, write_parquet
-from emilia_assets.layout import probes_key
 from emilia_assets.partitions import episode_batches
-from emilia_assets.workdir import batch_workdir
 from emilia_pipe.audio import AudioError, probe
-from resources.object_store import ObjectStoreResource, cached_copy
+from emilia_pipe.batching import read_manifest
+from emilia_pipe.workdir import batch_workdir
+from emilia_store import cached_copy, write_parquet
+from emilia_store.layout import probes_key
+from resources.object_store import ObjectStoreResource
 
 PROBE_SCHEMA = {
     "episode_id": pl.String,

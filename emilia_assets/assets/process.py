@@ -18,44 +18,17 @@ import polars as pl
 from pydantic import Field
 
 from emilia_assets.assets.ingest import raw_episodes
-from emilia_assets.batching import read_manifest, read_parquet, write_parquet
-from emilia_assets.layout import batch_segments_key, batch_status_key, episode_dir, episode_done_key, probes_key
 from emilia_assets.partitions import episode_batches
-from emilia_assets.workdir import batch_dir, batch_workdir
 from emilia_pipe.audio import AudioError
+from emilia_pipe.batching import read_manifest
+from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA
 from emilia_pipe.export import ALL_SEGMENTS
 from emilia_pipe.keys import join, safe_language
-from resources.object_store import ObjectStore, ObjectStoreResource, cached_copy, delete_prefix
+from emilia_pipe.workdir import batch_dir, batch_workdir
+from emilia_store import ObjectStore, cached_copy, delete_prefix, read_parquet, write_parquet
+from emilia_store.layout import batch_segments_key, batch_status_key, episode_dir, episode_done_key, probes_key
+from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
-
-STATUS_SCHEMA = {
-    "episode_id": pl.String,
-    "audio_key": pl.String,
-    "status": pl.String,  # done | resumed | failed
-    "error": pl.String,
-    "language": pl.String,
-    "duration_s": pl.Float64,
-    "speech_s": pl.Float64,
-    "segments": pl.Int64,
-    "wall_s": pl.Float64,
-}
-SEGMENT_SCHEMA = {
-    "id": pl.String,
-    "episode_id": pl.String,
-    "batch_id": pl.String,
-    "source": pl.String,
-    "language": pl.String,
-    "speaker": pl.String,
-    "start": pl.Float64,
-    "end": pl.Float64,
-    "duration": pl.Float64,
-    "text": pl.String,
-    "language_probability": pl.Float64,
-    "dnsmos_sig": pl.Float64,
-    "dnsmos_bak": pl.Float64,
-    "dnsmos_ovrl": pl.Float64,
-    "mp3_key": pl.String,
-}
 
 
 class ProcessConfig(dg.Config):
@@ -80,22 +53,6 @@ def _publish_episode(store: ObjectStore, processed_prefix: str, out_dir: Path, l
     for path in files:
         store.put_file(path, prefix + path.name)
     store.put_bytes(episode_done_key(processed_prefix, episode_id), json.dumps(summary).encode())
-
-
-def _segment_rows(processed_prefix: str, batch_id: str, ep: dict, done: dict, doc: dict) -> list[dict]:
-    """Catalogue rows of one finished episode, from its all_segments.json document."""
-    prefix = episode_dir(processed_prefix, done["language"], ep["episode_id"])
-    rows = []
-    for seg in doc["segments"]:
-        dnsmos = seg.get("dnsmos") or {}
-        rows.append({
-            "id": seg["id"], "episode_id": ep["episode_id"], "batch_id": batch_id, "source": ep["source"],
-            "language": seg["language"], "speaker": seg["speaker"], "start": seg["start"], "end": seg["end"],
-            "duration": seg["duration"], "text": seg.get("text", ""),
-            "language_probability": seg.get("language_probability"), "dnsmos_sig": dnsmos.get("sig"),
-            "dnsmos_bak": dnsmos.get("bak"), "dnsmos_ovrl": dnsmos.get("ovrl"), "mp3_key": prefix + seg["wav"],
-        })
-    return rows
 
 
 @dg.asset(
@@ -139,7 +96,7 @@ def processed_segments(
                 done = json.loads(s.get_bytes(done_key))
                 record(ep, "resumed", **done)
                 doc = json.loads(s.get_bytes(episode_dir(pp, done["language"], eid) + ALL_SEGMENTS))
-                segment_rows += _segment_rows(pp, batch_id, ep, done, doc)
+                segment_rows += segment_rows(pp, batch_id, ep, done, doc)
                 continue
             if probe is not None and not probe["ok"]:
                 record(ep, "failed", f"{ep['audio_key']}: {probe['reason']}")
@@ -172,7 +129,7 @@ def processed_segments(
             for k, v in result.stage_seconds.items():
                 stage_totals[k] = stage_totals.get(k, 0.0) + v
             record(ep, "done", **done)
-            segment_rows += _segment_rows(pp, batch_id, ep, done, doc)
+            segment_rows += segment_rows(pp, batch_id, ep, done, doc)
             context.log.info(f"[{i}/{total}] {eid}: {len(result.segments)} segments, "
                              f"{result.duration_s / 60:.1f} min in {done['wall_s']:.1f} s")
 

@@ -13,16 +13,6 @@ import polars as pl
 from pydantic import Field
 
 from emilia_assets.assets.process import processed_segments
-from emilia_assets.batching import read_parquet
-from emilia_assets.layout import (
-    CARD_PREFIX,
-    INDEX_PREFIX,
-    batch_segments_key,
-    checksums_key,
-    index_key,
-    shard_key,
-    shard_prefix,
-)
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.shards import Sample, plan_shards, write_shard
 from emilia_publish.card import render_card
@@ -36,8 +26,18 @@ from emilia_publish.index import (
     index_to_parquet,
     shard_checksums,
 )
+from emilia_store import ObjectStore, iter_objects, read_parquet
+from emilia_store.layout import (
+    CARD_PREFIX,
+    INDEX_PREFIX,
+    batch_segments_key,
+    checksums_key,
+    index_key,
+    shard_key,
+    shard_prefix,
+)
 from resources.huggingface import HuggingFaceResource
-from resources.object_store import ObjectStore, ObjectStoreResource, iter_objects
+from resources.object_store import ObjectStoreResource
 
 
 class ShardConfig(dg.Config):

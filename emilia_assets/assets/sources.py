@@ -12,13 +12,14 @@ import dagster as dg
 from pydantic import Field
 
 from emilia_assets.partitions import podcast_feeds, youtube_sources
-from emilia_assets.sources_registry import RegisteredSource, lookup
 from emilia_sources.download import HostThrottle
 from emilia_sources.feeds import FeedSource
 from emilia_sources.landing import IngestReport
 from emilia_sources.podcasts import PodcastConfig, ingest_feed
+from emilia_sources.registry import RegisteredSource, lookup
 from emilia_sources.youtube import YoutubeConfig, ingest_channel
-from resources.object_store import ObjectStore, ObjectStoreResource
+from emilia_store import ObjectStore
+from resources.object_store import ObjectStoreResource
 
 SOURCES_PER_RUN = 50
 DROPPED_BY_SCORE = "dropped by dialogue score"  # a decision about the feed, not a failure

@@ -14,7 +14,7 @@ import pytest
 from emilia_sources.feeds import FeedSource
 from emilia_sources.landing import SEEN_PREFIX, source_id_for
 from emilia_sources.podcasts import PodcastConfig, ingest_feed
-from resources.object_store import ObjectStore, iter_objects
+from emilia_store import ObjectStore, iter_objects
 
 if TYPE_CHECKING:
     from tests.http_fixture import HTTPFixture

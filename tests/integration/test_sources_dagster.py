@@ -11,7 +11,8 @@ import pytest
 from emilia_assets.assets.sources import podcast_episodes, youtube_audio
 from emilia_assets.definitions import defs
 from emilia_assets.partitions import podcast_feeds, youtube_sources
-from resources.object_store import ObjectStoreResource, iter_objects
+from emilia_store import iter_objects
+from resources.object_store import ObjectStoreResource
 from sensors.sources import sources_sensor
 from tests.integration.helpers import assert_paired, batch_from_sensor, materialize_batch, metadata, read_tar
 from tests.integration.test_podcast_ingest import AUDIO, day, rss

@@ -21,7 +21,7 @@ import pytest
 
 from emilia_sources.landing import SEEN_PREFIX
 from emilia_sources.youtube import YoutubeConfig, archive_key, ingest_channel
-from resources.object_store import LocalStore, delete_prefix, iter_objects
+from emilia_store import LocalStore, delete_prefix, iter_objects
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 FAST = YoutubeConfig(socket_timeout_s=5, retries=0)

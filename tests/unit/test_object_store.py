@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from resources.object_store import (
-    LocalStore,
-    ObjectStoreResource,
-    S3Store,
-    cached_copy,
-    delete_prefix,
-    iter_objects,
-)
+from emilia_store import LocalStore, S3Store, cached_copy, delete_prefix, iter_objects
+from resources.object_store import ObjectStoreResource
 
 TRICKY_KEYS = ["a/b.mp3", "a-c.mp3", "a.mp3", "ab/x.mp3", "a/b/c.mp3", "a/b0.mp3", "a0", "A.mp3", "a_b.mp3"]
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from emilia_assets.assets.process import SEGMENT_SCHEMA
+from emilia_pipe.catalogue import SEGMENT_SCHEMA
 from emilia_pipe.shards import Sample, write_shard
 from emilia_publish.card import FIGURE_PATH, SAMPLE_FIELDS, hours_per_language, render_card, size_category
 from emilia_publish.filters import FILTER_NAMES, PublishFilters, apply_filters

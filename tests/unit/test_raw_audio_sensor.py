@@ -9,11 +9,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from emilia_assets.batching import MANIFEST_PREFIX, ScanCursor
 from emilia_assets.definitions import defs
 from emilia_assets.partitions import episode_batches
+from emilia_pipe.batching import MANIFEST_PREFIX, ScanCursor
+from emilia_store import LocalStore, iter_objects
 from resources.batching import BatchingResource
-from resources.object_store import LocalStore, ObjectStoreResource, iter_objects
+from resources.object_store import ObjectStoreResource
 from sensors.raw_audio import raw_audio_sensor
 
 

@@ -13,7 +13,6 @@ batched in the first sweep that sees it, and exactly once.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import OrderedDict
@@ -30,7 +29,7 @@ from emilia_pipe.keys import (
     short_hash,
     source_of_raw_key,
 )
-from resources.object_store import ObjectInfo, ObjectStore, iter_objects
+from emilia_store import ObjectInfo, ObjectStore, iter_objects, read_parquet
 
 MANIFEST_PREFIX = "manifests/batches/"
 MANIFEST_SCHEMA = {
@@ -128,16 +127,6 @@ def manifest_frame(batch: Batch, raw_prefix: str) -> pl.DataFrame:
         for o in batch.objects
     ]
     return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-
-
-def write_parquet(store: ObjectStore, key: str, frame: pl.DataFrame) -> None:
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    store.put_bytes(key, buf.getvalue())
-
-
-def read_parquet(store: ObjectStore, key: str) -> pl.DataFrame:
-    return pl.read_parquet(io.BytesIO(store.get_bytes(key)))
 
 
 def read_manifest(store: ObjectStore, batch_id: str) -> pl.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from resources.object_store import ObjectStore
+from emilia_store import ObjectStore
 
 REGISTRY_PREFIX = "sources/registry/"
 LIST_KEYS = {"podcast": "sources/podcast_feeds", "youtube": "sources/youtube_sources"}  # + .txt | .csv | .parquet

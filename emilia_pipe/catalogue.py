@@ -1,0 +1,60 @@
+"""The batch's two tables: per-episode status and the segment catalogue (what polars queries, what publishing reads).
+
+`processed/_batches/<batch_id>.parquet` holds one row per episode (STATUS_SCHEMA);
+`processed/_batches/<batch_id>.segments.parquet` one row per kept segment (SEGMENT_SCHEMA), built from each finished
+episode's `all_segments.json`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from emilia_store.layout import episode_dir
+
+STATUS_SCHEMA = {
+    "episode_id": pl.String,
+    "audio_key": pl.String,
+    "status": pl.String,  # done | resumed | failed
+    "error": pl.String,
+    "language": pl.String,
+    "duration_s": pl.Float64,
+    "speech_s": pl.Float64,
+    "segments": pl.Int64,
+    "wall_s": pl.Float64,
+}
+SEGMENT_SCHEMA = {
+    "id": pl.String,
+    "episode_id": pl.String,
+    "batch_id": pl.String,
+    "source": pl.String,
+    "language": pl.String,
+    "speaker": pl.String,
+    "start": pl.Float64,
+    "end": pl.Float64,
+    "duration": pl.Float64,
+    "text": pl.String,
+    "language_probability": pl.Float64,
+    "dnsmos_sig": pl.Float64,
+    "dnsmos_bak": pl.Float64,
+    "dnsmos_ovrl": pl.Float64,
+    "mp3_key": pl.String,
+}
+
+
+def segment_rows(processed_prefix: str, batch_id: str, ep: dict[str, Any], done: dict[str, Any],
+                 doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Catalogue rows of one finished episode, from its all_segments.json document."""
+    prefix = episode_dir(processed_prefix, done["language"], ep["episode_id"])
+    rows = []
+    for seg in doc["segments"]:
+        dnsmos = seg.get("dnsmos") or {}
+        rows.append({
+            "id": seg["id"], "episode_id": ep["episode_id"], "batch_id": batch_id, "source": ep["source"],
+            "language": seg["language"], "speaker": seg["speaker"], "start": seg["start"], "end": seg["end"],
+            "duration": seg["duration"], "text": seg.get("text", ""),
+            "language_probability": seg.get("language_probability"), "dnsmos_sig": dnsmos.get("sig"),
+            "dnsmos_bak": dnsmos.get("bak"), "dnsmos_ovrl": dnsmos.get("ovrl"), "mp3_key": prefix + seg["wav"],
+        })
+    return rows

@@ -1,0 +1,83 @@
+"""The object-store interface every core package uses: keys, listing pages, whole-object reads and writes.
+
+No Dagster here (the `resources.object_store` resource only builds a store from config). Two backends implement it:
+`LocalStore` (a directory, the embedded default) and `S3Store` (S3, R2 or any S3-compatible server). Both make a
+write visible only once it is complete (a temporary name then an atomic rename locally; S3 PUTs are atomic), so a
+reader never sees half an object, and a key that marks completion can simply be written last.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from emilia_pipe.keys import join
+
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float  # epoch seconds; S3 LastModified, or the later of mtime/ctime locally
+
+
+@dataclass(frozen=True)
+class ListPage:
+    objects: list[ObjectInfo]
+    truncated: bool  # more keys follow after the last one of this page
+
+
+class ObjectStore(Protocol):
+    """What assets and sensors need from storage; keys are `/`-separated and relative to the store's root."""
+
+    def list_page(self, prefix: str, start_after: str | None = None, max_keys: int = 1000) -> ListPage: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_file(self, key: str, path: Path) -> None: ...
+    def put_file(self, path: Path, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def describe(self) -> str: ...
+
+
+def iter_objects(store: ObjectStore, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    """Every object under `prefix` in key order, one page at a time (for bounded prefixes; sensors page themselves)."""
+    while True:
+        page = store.list_page(prefix, start_after=start_after)
+        yield from page.objects
+        if not page.truncated or not page.objects:
+            return
+        start_after = page.objects[-1].key
+
+
+def delete_prefix(store: ObjectStore, prefix: str) -> int:
+    keys = [o.key for o in iter_objects(store, prefix)]
+    for key in keys:
+        store.delete(key)
+    return len(keys)
+
+
+def cached_copy(store: ObjectStore, key: str, cache_dir: Path, expected_size: int | None = None) -> Path:
+    """A local copy of `key`, reused when a previous step of the same pod already fetched it.
+
+    `expected_size` (from the batch manifest) makes a copy of an object that was since replaced be fetched again.
+    """
+    target = cache_dir / join(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    from emilia_store.local import LocalStore  # the backend imports this module
+
+    if isinstance(store, LocalStore):
+        src = store.path(key)
+        if not src.is_file():
+            raise KeyError(key)
+        return src  # already on this disk: no copy
+    if not target.is_file() or (expected_size is not None and target.stat().st_size != expected_size):
+        tmp = target.with_name(_TMP_PREFIX + target.name)
+        store.get_file(key, tmp)
+        os.replace(tmp, target)
+    return target
