@@ -76,7 +76,7 @@ def processed_segments(
     pipeline = pipe.pipeline()
     started = time.perf_counter()
     status: list[dict] = []
-    segment_rows: list[dict] = []
+    catalogue_rows: list[dict] = []
     stage_totals: dict[str, float] = {}
     total = manifest.height
 
@@ -96,7 +96,7 @@ def processed_segments(
                 done = json.loads(s.get_bytes(done_key))
                 record(ep, "resumed", **done)
                 doc = json.loads(s.get_bytes(episode_dir(pp, done["language"], eid) + ALL_SEGMENTS))
-                segment_rows += segment_rows(pp, batch_id, ep, done, doc)
+                catalogue_rows += segment_rows(pp, batch_id, ep, done, doc)
                 continue
             if probe is not None and not probe["ok"]:
                 record(ep, "failed", f"{ep['audio_key']}: {probe['reason']}")
@@ -129,11 +129,11 @@ def processed_segments(
             for k, v in result.stage_seconds.items():
                 stage_totals[k] = stage_totals.get(k, 0.0) + v
             record(ep, "done", **done)
-            segment_rows += segment_rows(pp, batch_id, ep, done, doc)
+            catalogue_rows += segment_rows(pp, batch_id, ep, done, doc)
             context.log.info(f"[{i}/{total}] {eid}: {len(result.segments)} segments, "
                              f"{result.duration_s / 60:.1f} min in {done['wall_s']:.1f} s")
 
-    segments = pl.DataFrame(segment_rows, schema=SEGMENT_SCHEMA)
+    segments = pl.DataFrame(catalogue_rows, schema=SEGMENT_SCHEMA)
     write_parquet(s, batch_segments_key(pp, batch_id), segments)
     shutil.rmtree(batch_dir(batch_id), ignore_errors=True)
     table = pl.DataFrame(status, schema=STATUS_SCHEMA)
