@@ -21,7 +21,7 @@ from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.audio import AudioError
 from emilia_pipe.batching import read_manifest
-from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA
+from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA, segment_rows
 from emilia_pipe.export import ALL_SEGMENTS
 from emilia_pipe.keys import join, safe_language
 from emilia_pipe.workdir import batch_dir, batch_workdir
