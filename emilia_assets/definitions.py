@@ -18,6 +18,7 @@ from emilia_assets.assets.sources import podcast_episodes, youtube_audio
 from emilia_assets.jobs import emilia_job, podcast_ingest_job, publish_job, youtube_ingest_job
 from emilia_pipe.settings import ALL_STAGES
 from resources.batching import BatchingResource
+from resources.gpu_pool import GpuPoolResource
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
@@ -71,6 +72,15 @@ def pipe_from_env() -> EmiliaPipeResource:
     )
 
 
+def gpu_pool_from_env() -> GpuPoolResource:
+    return GpuPoolResource(
+        workers_per_gpu=int(_env("WORKERS_PER_GPU", "1")),
+        max_gpus=int(_env("MAX_GPUS", "0")),
+        cpu_workers=int(_env("EMILIA_CPU_WORKERS", "1")),
+        prefetch_gib=float(_env("PREFETCH_GIB", "16")),
+    )
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
@@ -82,6 +92,7 @@ def defs() -> dg.Definitions:
             "store": object_store_from_env(),
             "batching": batching_from_env(),
             "pipe": pipe_from_env(),
+            "gpu_pool": gpu_pool_from_env(),
             "hf": HuggingFaceResource(
                 repo_id=_env("HF_REPO_ID", ""),
                 token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else "",

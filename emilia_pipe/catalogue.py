@@ -23,6 +23,8 @@ STATUS_SCHEMA = {
     "speech_s": pl.Float64,
     "segments": pl.Int64,
     "wall_s": pl.Float64,
+    "attempts": pl.Int64,  # tries it took (a retry follows a worker that died or ran out of memory)
+    "worker": pl.String,  # the worker that processed it last ("gpu3/w7", "cpu/w0")
 }
 SEGMENT_SCHEMA = {
     "id": pl.String,

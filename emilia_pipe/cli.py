@@ -1,8 +1,14 @@
-"""`emilia-forge` / `python -m emilia_pipe`: the pipe without Dagster.
+"""`emilia-forge` / `python -m emilia_pipe`: the pipe without Dagster, through the same batch runner.
 
-    emilia-forge process FILE... --out DIR [--language en]
+    emilia-forge process FILE... --out DIR [--root DIR] [--language en]
+    emilia-forge run-batch BATCH_ID [--store DIR]
 
-writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the same layout as `processed/`.
+`process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
+completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A file's key is its path relative to
+`--root` (default: the working directory), so `emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data`
+gives the episode the same id, and the same result, as the batch that picks it up from a store rooted at `data`.
+`run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
+the Dagster asset does.
 """
 
 from __future__ import annotations
@@ -10,44 +16,105 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-from emilia_pipe.audio import AudioError
-from emilia_pipe.keys import episode_id_for_key
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def _pool_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default $EMILIA_DEVICE or auto)")
+    p.add_argument("--workers-per-gpu", type=int, default=None, help="default $WORKERS_PER_GPU or 1")
+    p.add_argument("--max-gpus", type=int, default=None, help="default $MAX_GPUS or all")
+    p.add_argument("--cpu-workers", type=int, default=None,
+                   help="workers without a GPU (default $EMILIA_CPU_WORKERS or 1)")
+
+
+def _plan(args: argparse.Namespace):
+    from emilia_pipe.devices import plan_workers
+
+    device = args.device or os.environ.get("EMILIA_DEVICE") or "auto"
+    return plan_workers(
+        device,
+        args.workers_per_gpu or _env_int("WORKERS_PER_GPU", 1),
+        args.max_gpus if args.max_gpus is not None else (_env_int("MAX_GPUS", 0) or None),
+        args.cpu_workers or _env_int("EMILIA_CPU_WORKERS", 1),
+    )
+
+
+def _print_event(event) -> None:
+    print(f"[{event.level}] {event.message}", file=sys.stderr, flush=True)
 
 
 def _process(args: argparse.Namespace) -> int:
-    from emilia_pipe.pipeline import EmiliaPipeline
+    from emilia_pipe.batching import Batch, manifest_frame, new_batch_id
+    from emilia_pipe.runner import Episode, run_batch
+    from emilia_store import LocalStore, ObjectInfo
 
-    pipeline = EmiliaPipeline(pipe_config(args.models, args.language, args.stages))
-    failures = 0
+    root = Path(args.root or os.getcwd()).resolve()
+    objects = []
     for file in args.files:
-        path = Path(file)
-        eid = episode_id_for_key(str(path.resolve()))
-        tmp = Path(args.out) / ".work" / eid
-        shutil.rmtree(tmp, ignore_errors=True)  # never let a crashed earlier run's all_segments.json survive
-        try:
-            result = pipeline.process(path, eid, tmp, language_hint=args.language)
-        except AudioError as err:
-            print(f"FAILED {err}", file=sys.stderr)
-            failures += 1
+        path = Path(file).resolve()
+        if not path.is_file():
+            print(f"FAILED {file}: no such file", file=sys.stderr)
+            return 2
+        if root not in path.parents:
+            print(f"FAILED {file}: outside --root {root} (its key is its path relative to the root)", file=sys.stderr)
+            return 2
+        st = path.stat()
+        objects.append(ObjectInfo(path.relative_to(root).as_posix(), st.st_size, max(st.st_mtime, st.st_ctime)))
+    raw_prefix = os.environ.get("RAW_AUDIO_PREFIX") or "raw_audio/"
+    batch = Batch(new_batch_id(objects, time.time()), objects)
+    episodes = [Episode.from_row(r) for r in manifest_frame(batch, raw_prefix).iter_rows(named=True)]
+    plan = _plan(args)
+    out = LocalStore(args.out)
+    outcome = run_batch(batch.batch_id, episodes, LocalStore(root), out, "", pipe_config(args.models, args.language,
+                        args.stages, plan.device), plan, Path(tempfile.mkdtemp(prefix="emilia-cli-")),
+                        on_event=_print_event)
+    for row, obj in zip(outcome.status.iter_rows(named=True), objects, strict=True):
+        file = str(root / obj.key)
+        if row["status"] == "failed":
+            print(f"FAILED {file}: {row['error'].split(': ', 1)[-1]}", file=sys.stderr)
             continue
-        final = Path(args.out) / result.language / eid
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            for old in final.iterdir():
-                old.unlink()
-            final.rmdir()
-        tmp.rename(final)
-        print(json.dumps({"file": str(path), "episode_id": eid, "dir": str(final), "segments": len(result.segments),
-                          "duration_s": round(result.duration_s, 2)}))
-    shutil.rmtree(Path(args.out) / ".work", ignore_errors=True)
-    return 1 if failures else 0
+        print(json.dumps({"file": file, "episode_id": row["episode_id"],
+                          "dir": str(out.path(f"{row['language']}/{row['episode_id']}")), "status": row["status"],
+                          "segments": row["segments"], "duration_s": row["duration_s"]}))
+    return 1 if outcome.count("failed") else 0
 
 
-def pipe_config(models_dir: str | None, language: str | None, stages: str | None):
+def _run_batch(args: argparse.Namespace) -> int:
+    from emilia_pipe.batching import read_manifest
+    from emilia_pipe.runner import Episode, Probe, run_batch
+    from emilia_pipe.workdir import batch_dir
+    from emilia_store import LocalStore, read_parquet
+    from emilia_store.env import store_from_env
+    from emilia_store.layout import probes_key
+
+    store = LocalStore(args.store) if args.store else store_from_env()
+    processed_prefix = os.environ.get("PROCESSED_PREFIX") or "processed/"
+    episodes = [Episode.from_row(r) for r in read_manifest(store, args.batch_id).iter_rows(named=True)]
+    try:
+        probes = {r["episode_id"]: Probe(r["ok"], r["reason"], r["duration_s"])
+                  for r in read_parquet(store, probes_key(args.batch_id)).iter_rows(named=True)}
+    except KeyError:
+        probes = {}
+    plan = _plan(args)
+    outcome = run_batch(args.batch_id, episodes, store, store, processed_prefix,
+                        pipe_config(args.models, args.language, args.stages, plan.device), plan,
+                        batch_dir(args.batch_id), probes=probes, on_event=_print_event)
+    summary = {"batch_id": args.batch_id, "episodes": outcome.status.height, "done": outcome.count("done"),
+               "resumed": outcome.count("resumed"), "failed": outcome.count("failed"),
+               "segments": outcome.segments.height, "hours_in": round(outcome.hours_in, 4),
+               "wall_s": round(outcome.wall_s, 1), "workers": plan.describe()}
+    print(json.dumps(summary))
+    return 1 if outcome.failed_fraction > args.max_failure_fraction else 0
+
+
+def pipe_config(models_dir: str | None, language: str | None, stages: str | None, device: str | None = None):
     """The same settings the Dagster resource builds, from the CLI's flags and the environment."""
     from emilia_pipe.models import ModelSet
     from emilia_pipe.settings import ALL_STAGES, build_pipe_config
@@ -56,6 +123,7 @@ def pipe_config(models_dir: str | None, language: str | None, stages: str | None
     return build_pipe_config(
         ModelSet.load(models_dir) if models_dir else ModelSet(),
         stages=[x for x in (stages.split(",") if stages is not None else ALL_STAGES) if x],
+        device=device or os.environ.get("EMILIA_DEVICE") or "auto",
         asr_language=os.environ.get("ASR_LANGUAGE") if language is None else language,
         hf_token=os.environ.get("HF_TOKEN") or None,
     )
@@ -86,7 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--language", default=None, help="force the language (skips ASR language detection)")
     p.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
     p.add_argument("--stages", default=None, help="optional stages to run, comma-separated (default: all)")
+    p.add_argument("--root", default=None, help="keys (and so episode ids) are paths relative to this folder "
+                   "(default: the working directory)")
+    _pool_args(p)
     p.set_defaults(func=_process)
+    b = sub.add_parser("run-batch", help="process one batch manifest of a store, as the Dagster asset does")
+    b.add_argument("batch_id")
+    b.add_argument("--store", default=None, help="a local store folder (default: S3/R2 from R2_* variables, "
+                   "else $EMILIA_LOCAL_STORE or ./data)")
+    b.add_argument("--language", default=None, help="force the language (skips ASR language detection)")
+    b.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
+    b.add_argument("--stages", default=None, help="optional stages to run, comma-separated (default: all)")
+    b.add_argument("--max-failure-fraction", type=float, default=0.5, help="exit 1 above this fraction failed")
+    _pool_args(b)
+    b.set_defaults(func=_run_batch)
     m = sub.add_parser("models", help="cache the production models, or build tiny ones").add_subparsers(
         dest="models_command", required=True
     )

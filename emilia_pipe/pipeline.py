@@ -108,7 +108,10 @@ class EmiliaPipeline:
         speech = timed("vad", self.vad.speech_spans, vocals, sr)
         spans = segment(turns, speech, cfg.rules)
 
-        hint = safe_language(language_hint) if language_hint else UNKNOWN_LANGUAGE
+        # A language forced on ASR is the episode's language even when no segment survives (silence, music), so
+        # the CLI and a batch file an empty episode under the same folder as its speech would have gone.
+        forced = self.asr.config.language if self.asr else None
+        hint = safe_language(forced or language_hint) if (forced or language_hint) else UNKNOWN_LANGUAGE
         dropped: list[dict[str, Any]] = []
         kept: list[tuple[Span, Any]] = [(s, None) for s in spans]
         if self.asr and spans:
@@ -144,6 +147,25 @@ class EmiliaPipeline:
         meta.update(episode_meta or {})
         files = timed("export", write_episode, out_dir, vocals, sr, segments, meta, cfg.mp3_bitrate_kbps)
         return EpisodeResult(episode_id, language, duration, segments, dropped, timings, files)
+
+
+    def runtime_devices(self) -> dict[str, str]:
+        """Where each model stage really runs, read back from the loaded runtimes (not from the settings): ONNX
+        Runtime's session providers, CTranslate2's model device, the diarization pipeline's torch device."""
+        out: dict[str, str] = {"vad": "cpu"}
+        if self.separator:
+            out["separate"] = _provider_device(self.separator.provider)
+        if self.dnsmos:
+            out["dnsmos"] = _provider_device(self.dnsmos.providers[0])
+        if self.asr:
+            out["asr"] = str(getattr(self.asr.model.model, "device", self.asr.device))
+        if self.diarizer:
+            out["diarize"] = str(getattr(self.diarizer.pipeline, "device", "unknown"))
+        return out
+
+
+def _provider_device(provider: str) -> str:
+    return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(provider, provider)
 
 
 def _episode_language(transcripts: list[Any], hint: str) -> str:

@@ -45,11 +45,12 @@ class EmiliaPipeResource(dg.ConfigurableResource):
     split_above_s: float = 20.0
     merge_gap_s: float = 2.0
 
-    def pipe_config(self) -> PipeConfig:
+    def pipe_config(self, device: str | None = None) -> PipeConfig:
+        """`device` overrides the setting: a pooled worker is pinned to one GPU, which it sees as `cuda`."""
         return build_pipe_config(
             ModelSet.load(self.models_dir) if self.models_dir else ModelSet(),
             stages=self.stages,
-            device=self.device,
+            device=device or self.device,
             hf_token=self.hf_token or None,
             whisper_model=self.whisper_model,
             asr_batch_size=self.asr_batch_size,

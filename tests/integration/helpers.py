@@ -15,6 +15,7 @@ from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.definitions import defs
 from resources.batching import BatchingResource
+from resources.gpu_pool import GpuPoolResource
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
@@ -46,7 +47,8 @@ def batch_from_sensor(instance: dg.DagsterInstance, store: ObjectStoreResource, 
 
 def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_failure_fraction: float = 0.5,
                       max_shard_mb: float = 512.0, raise_on_error: bool = True, selection=None,
-                      pipe: EmiliaPipeResource | None = None, hf: HuggingFaceResource | None = None):
+                      pipe: EmiliaPipeResource | None = None, hf: HuggingFaceResource | None = None,
+                      gpu_pool: GpuPoolResource | None = None):
     """Default pipe: the cheap stages only (`EmiliaPipeResource(stages=[])`); pass `full_pipe` for every stage."""
     assets = [raw_episodes, processed_segments, hf_shards]
     chosen = {a.key.to_user_string() for a in (selection or assets)}
@@ -59,7 +61,8 @@ def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_f
         selection=selection,
         partition_key=batch_id,
         instance=instance,
-        resources={"store": store, "pipe": pipe or EmiliaPipeResource(stages=[]), "hf": hf or HuggingFaceResource()},
+        resources={"store": store, "pipe": pipe or EmiliaPipeResource(stages=[]), "hf": hf or HuggingFaceResource(),
+                   "gpu_pool": gpu_pool or GpuPoolResource()},
         run_config={"ops": {k: v for k, v in ops.items() if k in chosen}},
         raise_on_error=raise_on_error,
     )
