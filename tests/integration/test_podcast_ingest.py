@@ -309,8 +309,6 @@ def test_unscoped_guid_markers_of_older_stores_count_only_for_their_own_source(
 def test_a_failed_enclosure_is_remembered_and_retried_later_and_later(
     local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
 ) -> None:
-    from emilia_sources.failures import failure_key
-
     good = http_server.route("/good.mp3", AUDIO["monologue"], "audio/mpeg")
     dead = http_server.url("/dead.mp3")  # 404 for now
     feed_url = http_server.route("/feed.xml", rss([
@@ -322,12 +320,15 @@ def test_a_failed_enclosure_is_remembered_and_retried_later_and_later(
     first = ingest_feed(local_store, source, config=config, log=lambda _: None)
     by_url = {o.url: o for o in first.outcomes}
     assert by_url[dead].status == "failed" and by_url[dead].reason == "HTTP 404 Not Found"
-    assert by_url[dead].failures == 1 and by_url[dead].retry_at
     assert http_server.hits("/dead.mp3") == 1
 
     second = ingest_feed(local_store, source, config=config, log=lambda _: None)  # the next refresh, at once
-    assert {o.url: o.status for o in second.outcomes} == {dead: "deferred", good: "skipped"}
     assert http_server.hits("/dead.mp3") == 1  # not asked again
+    assert {o.url: o.status for o in second.outcomes} == {dead: "deferred", good: "skipped"}
+    assert by_url[dead].failures == 1 and by_url[dead].retry_at
+
+    from emilia_sources.failures import failure_key
+
     record = json.loads(local_store.get_bytes(failure_key(dead)))
     assert (record["failures"], record["reason"], record["source_id"]) == (1, "HTTP 404 Not Found", "show")
 

@@ -412,3 +412,69 @@ def test_an_unguarded_session_is_refused(http_server: HTTPFixture, tmp_path: Pat
     with requests.Session() as plain, pytest.raises(ValueError, match="would bypass the address guard"):
         download(http_server.route("/ep.mp3", MP3, "audio/mpeg"), tmp_path / "ep", session=plain, **FAST)
     assert http_server.hits("/ep.mp3") == 0
+
+
+def test_a_gzip_encoded_feed_is_decoded(http_server: HTTPFixture, tmp_path: Path) -> None:
+    import gzip
+
+    xml = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>' + b" " * 200_000 + b"</channel></rss>"
+    url = http_server.route("/feed.gz", gzip.compress(xml), "application/rss+xml",
+                            headers={"Content-Encoding": "gzip"})
+    got = download(url, tmp_path / "f", accept="feed", **FAST)
+    assert got.path.read_bytes() == xml and got.bytes == len(xml)
+
+
+def test_https_to_a_pinned_address_still_verifies_the_name(tmp_path: Path) -> None:
+    """The guard connects to the checked address, and TLS (SNI, certificate) still goes by the host name."""
+    import datetime as dt
+    import http.server
+    import ssl
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from emilia_sources.address_guard import AddressPolicy, guarded_session
+
+    name = "podcasts.example.org"
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.send_header("Content-Length", str(len(MP3)))
+            self.end_headers()
+            self.wfile.write(MP3)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    port = server.server_address[1]
+    try:
+        policy = AddressPolicy.parse([name, "127.0.0.1"], resolver=lambda host, _: ["127.0.0.1"])
+        with guarded_session(policy) as session:
+            session.verify = str(tmp_path / "cert.pem")
+            got = download(f"https://{name}:{port}/ep.mp3", tmp_path / "ep", session=session, **FAST)
+            assert got.bytes == len(MP3)
+            with pytest.raises(DownloadError, match="TLS error"):  # the address is allowed, the name is not its cert's
+                download(f"https://127.0.0.1:{port}/ep.mp3", tmp_path / "ep2", session=session, **FAST)
+    finally:
+        server.shutdown()
+        server.server_close()
