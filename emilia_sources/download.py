@@ -12,7 +12,10 @@ Podcast hosts are slow, flaky and sometimes hostile, so this module assumes the 
   be missing or lie);
 - "audio" is checked twice: the Content-Type must be one an audio file may carry, and the first bytes must be a
   known container's magic. Hosts answer dead enclosures with an HTML page and a 200, and the extension in the URL
-  says nothing (`.../download?id=3`), so the extension returned comes from the magic bytes.
+  says nothing (`.../download?id=3`), so the extension returned comes from the magic bytes;
+- only public addresses are reached (`address_guard`): every connection, on every redirect hop and retry, is
+  checked on the address it actually connects to, and redirects are followed here, hop by hop, so a hop to another
+  scheme or a refused address is reported with the hop's URL.
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+
+from emilia_sources.address_guard import AddressPolicy, AddressRefused, guarded_session, session_policy
 
 USER_AGENT = "EmiliaForge/0.1 (TTS dataset builder; +https://github.com/emilia-forge)"
 MAX_REDIRECTS = 10
 MAX_RETRY_AFTER_S = 120.0  # a server asking for more than this is treated as down: we do not hold a worker for hours
-CHUNK = 64 * 1024  # urllib3 discards the chunk in flight when the connection drops: resume loses at most this
+CHUNK = 64 * 1024  # the most one read returns; reads return what has arrived, so a drop loses nothing already read
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAGIC_LEN = 64  # enough for every signature below, including OpusHead inside the first Ogg page
 
 AUDIO_TYPES = frozenset(
@@ -195,8 +203,13 @@ def download(
     backoff_s: float = 0.5,
     timeout_s: float = 30,
     throttle: HostThrottle | None = None,
+    policy: AddressPolicy | None = None,
 ) -> Downloaded:
     """Fetch `url` into `dest` (complete and checked, or not at all); `accept` is "audio" or "feed".
+
+    The destinations allowed are `policy`'s, or those of a `session` made by `guarded_session` (reused across
+    downloads for its connection pool); with neither, `AddressPolicy.from_env()` (public addresses plus
+    INGEST_ALLOW_HOSTS). Any other session is a ValueError: it would bypass the address guard.
 
     Raises `DownloadError(url, reason)`; on any failure neither `dest` nor `<dest>.part` is left behind (an existing
     `dest` from an earlier call is left untouched).
@@ -212,8 +225,12 @@ def download(
     part.unlink(missing_ok=True)  # a leftover from a killed process has no validator we could trust
     own_session = session is None
     if session is None:
-        session = requests.Session()
-        session.max_redirects = MAX_REDIRECTS
+        session = guarded_session(policy or AddressPolicy.from_env())
+    elif policy is not None:
+        raise ValueError("download() takes a policy or a guarded session, not both")
+    elif session_policy(session) is None:
+        raise ValueError("download() needs a session made by address_guard.guarded_session(): another would bypass "
+                         "the address guard")
     state = _State()
     try:
         attempt = 0
@@ -285,18 +302,7 @@ def _attempt(
         headers["Range"] = f"bytes={state.have}-"
         if state.validator:
             headers["If-Range"] = state.validator
-    if throttle is not None:
-        throttle.wait(url)
-    try:
-        resp = session.get(url, stream=True, timeout=timeout_s, headers=headers)
-    except requests.TooManyRedirects:
-        raise DownloadError(url, f"redirect loop or too many redirects (more than {session.max_redirects})") from None
-    except requests.exceptions.SSLError as err:  # a bad certificate stays bad: no retry
-        raise DownloadError(url, f"TLS error: {err}") from None
-    except (requests.ConnectionError, requests.Timeout) as err:
-        raise _Retryable(f"connection failed: {type(err).__name__}") from None
-    except requests.RequestException as err:
-        raise DownloadError(url, f"request failed: {type(err).__name__}: {err}") from None
+    resp, final_url = _get_following_redirects(session, url, headers, timeout_s, throttle)
     with resp:
         status = resp.status_code
         if status == 429 or status >= 500:
@@ -337,7 +343,7 @@ def _attempt(
 
         if offset == 0:
             state.content_type = content_type
-            state.final_url = resp.url
+            state.final_url = final_url
             etag = resp.headers.get("ETag", "")  # a weak ETag may not be used in If-Range (RFC 9110 13.1.5)
             strong = etag if etag and not etag.startswith("W/") else None
             state.validator = strong or resp.headers.get("Last-Modified")
@@ -350,28 +356,70 @@ def _attempt(
             raise _Retryable(f"connection closed at {_size(state.have)} of {_size(total)}", 0.0)
 
 
+def _get_following_redirects(
+    session: requests.Session, url: str, headers: dict[str, str], timeout_s: float, throttle: HostThrottle | None
+) -> tuple[requests.Response, str]:
+    """GET `url`, following redirects hop by hop; returns the final response (open, streaming) and its URL.
+
+    Each hop is its own request: the guarded session checks the address it connects to, this loop refuses a hop
+    to another scheme, and a refusal names the hop. Every hop waits for its host's throttle slot.
+    """
+    current = url
+    for hop in range(MAX_REDIRECTS + 1):
+        if throttle is not None:
+            throttle.wait(current)
+        try:
+            resp = session.get(current, stream=True, timeout=timeout_s, headers=headers, allow_redirects=False)
+        except AddressRefused as err:
+            where = f"redirect to {current}: " if hop else ""
+            raise DownloadError(url, str(err).replace("refused: ", f"refused: {where}", 1)) from None
+        except requests.exceptions.SSLError as err:  # a bad certificate stays bad: no retry
+            raise DownloadError(url, f"TLS error: {err}") from None
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise _Retryable(f"connection failed: {type(err).__name__}") from None
+        except requests.RequestException as err:
+            raise DownloadError(url, f"request failed: {type(err).__name__}: {err}") from None
+        location = resp.headers.get("Location")
+        if resp.status_code not in REDIRECT_STATUSES or not location:
+            return resp, current
+        resp.close()
+        current = urljoin(current, location.strip())
+        scheme = urlsplit(current).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise DownloadError(url, f"redirect to unsupported URL scheme {scheme or '(none)'!r}: {current}")
+    raise DownloadError(url, f"redirect loop or too many redirects (more than {MAX_REDIRECTS})")
+
+
 def _stream(
     resp: requests.Response, url: str, part: Path, state: _State, *, offset: int, max_bytes: int, accept: str
 ) -> None:
-    """Body into `.part`; `state.have` tracks what is on disk so a drop can resume from exactly there."""
+    """Body into `.part`; `state.have` tracks what is on disk so a drop can resume from exactly there.
+
+    `read1` returns whatever has arrived (at most CHUNK bytes) instead of waiting for a full chunk, so the bytes of a
+    connection that drops mid-read are already on disk and counted: the reason reports what was received and the
+    resume starts from there.
+    """
     # a drop inside the first MAGIC_LEN bytes leaves the check undone: it continues with what is already on disk
     head = part.read_bytes()[:offset] if offset and state.ext is None else b""
     with part.open("r+b" if offset else "wb") as fh:
         fh.seek(offset)
         fh.truncate()
-        try:
-            for chunk in resp.iter_content(CHUNK):
-                if not chunk:
-                    continue
-                if state.have + len(chunk) > max_bytes:
-                    raise DownloadError(url, f"too large: the stream went past the cap of {_size(max_bytes)}")
-                if state.ext is None:
-                    head += chunk
-                    state.ext = _check_head(url, head[:MAGIC_LEN], accept, final=False)
-                fh.write(chunk)
-                state.have += len(chunk)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-            fh.flush()
-            raise _Retryable(f"connection dropped at {_size(state.have)}: {type(err).__name__}", 0.0) from None
-        except requests.RequestException as err:  # e.g. a corrupt gzip body: asking again gets the same bytes
-            raise DownloadError(url, f"reading the response failed: {type(err).__name__}: {err}") from None
+        while chunk := _read(resp, url, fh, state):
+            if state.have + len(chunk) > max_bytes:
+                raise DownloadError(url, f"too large: the stream went past the cap of {_size(max_bytes)}")
+            if state.ext is None:
+                head += chunk
+                state.ext = _check_head(url, head[:MAGIC_LEN], accept, final=False)
+            fh.write(chunk)
+            state.have += len(chunk)
+
+
+def _read(resp: requests.Response, url: str, fh: BinaryIO, state: _State) -> bytes:
+    """The next bytes of the body (decoded), b"" at its end; a network failure is retryable, a bad encoding final."""
+    try:
+        return resp.raw.read1(CHUNK, decode_content=True)
+    except urllib3.exceptions.DecodeError as err:  # e.g. a corrupt gzip body: asking again gets the same bytes
+        raise DownloadError(url, f"reading the response failed: {type(err).__name__}: {err}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as err:  # reset, body shorter than announced, read timeout
+        fh.flush()
+        raise _Retryable(f"connection dropped at {_size(state.have)}: {type(err).__name__}", 0.0) from None

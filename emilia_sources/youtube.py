@@ -13,6 +13,10 @@ Why the shape below:
   uploaded, which happens after every landing (a crash loses at most the entry in flight).
 - **Keys never come from titles or ids.** Every download goes to its own temporary directory under a fixed file
   name and lands at `raw_key(...)`, a hash of the webpage URL; titles, GUIDs and ids only ever reach the sidecar.
+- **Only public destinations, as far as we can see them.** yt-dlp makes its own connections (extractor pages, API
+  calls, redirects, CDN media URLs), which the downloader's address guard cannot pin. What this module does check
+  with the same `AddressPolicy` (public addresses plus INGEST_ALLOW_HOSTS): the registered URL before it is listed,
+  and each entry's URL before it is downloaded. A public page that sends yt-dlp to a private address is not caught.
 - **Secrets stay out of logs.** The cookies file is copied into the temporary directory (yt-dlp rewrites its cookie
   file on close, which a read-only secret mount would refuse) and neither path nor contents are ever logged.
 """
@@ -33,6 +37,7 @@ from yt_dlp.utils import make_archive_id, match_filter_func, unsmuggle_url
 
 from emilia_pipe.audio import AudioError, AudioInfo, probe
 from emilia_pipe.keys import join, slug
+from emilia_sources.address_guard import AddressPolicy, AddressRefused
 from emilia_sources.landing import IngestReport, Outcome, already_landed, land, raw_key, source_id_for
 from emilia_store import ObjectStore
 
@@ -222,14 +227,25 @@ def ingest_channel(
     language: str | None = None,
     raw_prefix: str = "raw_audio/",
     config: YoutubeConfig = YoutubeConfig(),  # noqa: B008 - frozen, so a shared default is safe
+    policy: AddressPolicy | None = None,
     log: Callable[[str], Any] = print,
 ) -> IngestReport:
     """Land the newest `max_videos_per_run` entries of a channel, playlist or single video URL not yet landed.
 
     Never raises for a failing entry (it becomes a failed `Outcome`); a listing that fails sets `report.error`.
+    `policy` (default: public addresses plus INGEST_ALLOW_HOSTS) is checked on the source and on each entry URL.
     """
     sid = source_id or source_id_for(url, "yt")
     report = IngestReport(source_id=sid, source_url=url)
+    policy = policy or AddressPolicy.from_env()
+    try:
+        policy.check_url(url)
+    except AddressRefused as err:
+        report.error = str(err)
+        return report
+    except OSError as err:  # the name does not resolve: yt-dlp would fail the listing the same way
+        report.error = f"listing failed: {url} does not resolve ({err})"
+        return report
 
     # A URL that itself landed (a single video or direct media link) costs no request at all on a rerun.
     landed = already_landed(store, url=url)
@@ -281,6 +297,10 @@ def ingest_channel(
             if entry.get("live_status") in _LIVE or entry.get("is_live"):
                 report.outcomes.append(Outcome(url=entry_url, status="skipped", reason="live or upcoming stream"))
                 continue
+            refused = _refusal(policy, entry_url)
+            if refused:
+                report.outcomes.append(Outcome(url=entry_url, status="failed", reason=refused))
+                continue
 
             work = tmp / f"dl-{n:05d}"
             work.mkdir()
@@ -326,6 +346,20 @@ def ingest_channel(
                     log(f"{sid}: archive upload failed ({type(err).__name__}: {err})")
             shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _refusal(policy: AddressPolicy, entry_url: str) -> str | None:
+    """Why the policy refuses an entry URL, None when it may be downloaded (or is no http(s) URL: an id that
+    yt-dlp's extractor turns into its own site's URL)."""
+    if not entry_url.lower().startswith(("http://", "https://")):
+        return None
+    try:
+        policy.check_url(entry_url)
+    except AddressRefused as err:
+        return str(err)
+    except OSError:
+        return None  # unresolvable: yt-dlp reports that itself, as a failed download
+    return None
 
 
 def _land_one(

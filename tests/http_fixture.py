@@ -29,7 +29,7 @@ class Route:
     fail_first: int = 0  # the first N requests answer `fail_status`
     fail_status: int = 503
     retry_after: str | None = "0"
-    redirect_to: str | None = None  # 302 to this path (itself, for a loop)
+    redirect_to: str | None = None  # 302 to this path (itself, for a loop), or to this absolute URL
     announce_length: int | None = None  # a Content-Length other than the body's (a lie)
     send_length: bool = True  # False: no Content-Length; the body ends when the connection closes
     served: int = 0  # requests seen so far (drop_first / fail_first count these)
@@ -103,7 +103,8 @@ class HTTPFixture:
             extra = {"Retry-After": route.retry_after} if route.retry_after is not None else {}
             return self._status(h, route.fail_status, extra)
         if route.redirect_to is not None:
-            return self._status(h, 302, {"Location": self.url(route.redirect_to)})
+            target = route.redirect_to if "://" in route.redirect_to else self.url(route.redirect_to)
+            return self._status(h, 302, {"Location": target})
         if route.status != 200:
             return self._status(h, route.status)
         body = route.body
@@ -155,7 +156,9 @@ class HTTPFixture:
 
 
 @pytest.fixture
-def http_server() -> Iterator[HTTPFixture]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HTTPFixture]:
+    """The server, and the address guard told to let ingest reach it (127.0.0.1 is refused by default)."""
+    monkeypatch.setenv("INGEST_ALLOW_HOSTS", "127.0.0.1")
     server = HTTPFixture()
     try:
         yield server

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
@@ -29,13 +31,17 @@ KEY = re.compile(r"^raw_audio/en/(?P<source>[A-Za-z0-9_-]+)/[0-9a-f]{16}\.(?P<ex
 
 def rss(items: list[dict[str, str]], *, title: str = "The Interview Hour", categories: str = TALK_CATEGORIES,
         language: str = "en-US") -> bytes:
-    """An RSS 2.0 + iTunes feed; items give title, guid, url, date (RFC 822) and optional type/duration."""
+    """An RSS 2.0 + iTunes feed; items give title, guid, url, date (RFC 822) and optional type/duration.
+
+    `guid` is written with isPermaLink="false"; `bare_guid` without the attribute (so, by RSS 2.0, a permalink).
+    """
     body = []
     for it in items:
         body.append(
             "<item>"
             f"<title>{escape(it['title'])}</title>"
             + (f"<guid isPermaLink=\"false\">{escape(it['guid'])}</guid>" if "guid" in it else "")
+            + (f"<guid>{escape(it['bare_guid'])}</guid>" if "bare_guid" in it else "")
             + f"<enclosure url={quoteattr(it['url'])} type=\"{it.get('type', 'audio/mpeg')}\" length=\"1\"/>"
             f"<pubDate>{it['date']}</pubDate>"
             f"<itunes:duration>{it.get('duration', '00:45')}</itunes:duration>"
@@ -229,11 +235,11 @@ def test_hostile_guid_and_title_cannot_steer_keys(
     assert {s["guid"] for s in sidecars} == {"../../../outside", "/etc/shadow", "..\\..\\win"}  # kept as data
 
 
-def test_same_enclosure_or_guid_in_two_feeds_lands_once(
+def test_same_enclosure_or_same_audio_in_two_feeds_lands_once(
     local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
 ) -> None:
     shared = http_server.route("/shared.mp3", AUDIO["monologue"], "audio/mpeg")
-    mirror = http_server.route("/mirror.mp3", AUDIO["monologue"], "audio/mpeg")  # another URL, the same GUID
+    mirror = http_server.route("/mirror.mp3", AUDIO["monologue"], "audio/mpeg")  # another URL, the same bytes
     first = http_server.route("/one.xml", rss([{"title": "x", "guid": "ep-1", "url": shared, "date": day(1)}]),
                               "application/rss+xml")
     second = http_server.route("/two.xml", rss([
@@ -246,8 +252,151 @@ def test_same_enclosure_or_guid_in_two_feeds_lands_once(
 
     assert a.count("new") == 1 and b.count("new") == 0 and b.count("skipped") == 2
     assert {o.key for o in b.outcomes} == {a.outcomes[0].key}
+    assert {o.url: o.reason for o in b.outcomes}[mirror] == "same audio already landed"
     assert len(audio_keys(local_store)) == 1
-    assert http_server.hits("/shared.mp3") == 1 and http_server.hits("/mirror.mp3") == 0
+    assert http_server.hits("/shared.mp3") == 1 and http_server.hits("/mirror.mp3") == 1  # fetched once, to know
+
+    again = ingest_feed(local_store, FeedSource(second, id="two"), config=config, log=lambda _: None)
+    assert again.count("skipped") == 2 and http_server.hits("/mirror.mp3") == 1  # and never again
+
+
+def test_the_same_guid_in_two_shows_on_one_host_does_not_merge_them(
+    local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
+) -> None:
+    """`<guid>1</guid>` without isPermaLink="false" becomes a URL on the feed's host (http://host/shows/1) for
+    feedparser: two shows in one folder that number their episodes alike must still both land."""
+    first = http_server.route("/media/a1.mp3", AUDIO["monologue"], "audio/mpeg")
+    second = http_server.route("/media/b1.mp3", AUDIO["two_voices"], "audio/mpeg")
+    feed_a = http_server.route("/shows/a.xml", rss([{"title": "A1", "bare_guid": "1", "url": first, "date": day(1)}]),
+                               "application/rss+xml")
+    feed_b = http_server.route("/shows/b.xml", rss([{"title": "B1", "bare_guid": "1", "url": second, "date": day(1)}],
+                                                   title="Another Interview Show"), "application/rss+xml")
+
+    a = ingest_feed(local_store, FeedSource(feed_a), config=config, log=lambda _: None)
+    b = ingest_feed(local_store, FeedSource(feed_b), config=config, log=lambda _: None)
+
+    assert (a.count("new"), b.count("new")) == (1, 1), [o.reason for o in b.outcomes]
+    assert len(audio_keys(local_store)) == 2 and http_server.hits("/media/a1.mp3", "/media/b1.mp3") == 2
+
+    # Within one show the GUID still identifies the episode: a new enclosure URL for GUID 1 is not fetched.
+    moved = http_server.route("/media/a1-v2.mp3", AUDIO["monologue"], "audio/mpeg")
+    http_server.route("/shows/a.xml", rss([{"title": "A1", "bare_guid": "1", "url": moved, "date": day(1)}]),
+                      "application/rss+xml")
+    again = ingest_feed(local_store, FeedSource(feed_a), config=config, log=lambda _: None)
+    assert [(o.status, o.key) for o in again.outcomes] == [("skipped", a.outcomes[0].key)]
+    assert http_server.hits("/media/a1-v2.mp3") == 0
+
+
+def test_unscoped_guid_markers_of_older_stores_count_only_for_their_own_source(
+    local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
+) -> None:
+    from emilia_sources.landing import _marker
+
+    old_key = "raw_audio/en/old-show/0123456789abcdef.mp3"  # landed by feed "old-show" before GUIDs were scoped
+    local_store.put_bytes(_marker("guid", "ep-1"), json.dumps({"key": old_key, "url": "http://gone/x.mp3"}).encode())
+    ep = http_server.route("/ep.mp3", AUDIO["monologue"], "audio/mpeg")
+    feed = http_server.route("/f.xml", rss([{"title": "x", "guid": "ep-1", "url": ep, "date": day(1)}]),
+                             "application/rss+xml")
+
+    same = ingest_feed(local_store, FeedSource(feed, id="old-show"), config=config, log=lambda _: None)
+    other = ingest_feed(local_store, FeedSource(feed.replace("/f.xml", "/f.xml?copy"), id="new-show"),
+                        config=config, log=lambda _: None)
+
+    assert [(o.status, o.key) for o in same.outcomes] == [("skipped", old_key)]
+    assert other.count("new") == 1 and other.outcomes[0].key.startswith("raw_audio/en/new-show/")
+
+
+def test_a_failed_enclosure_is_remembered_and_retried_later_and_later(
+    local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
+) -> None:
+    good = http_server.route("/good.mp3", AUDIO["monologue"], "audio/mpeg")
+    dead = http_server.url("/dead.mp3")  # 404 for now
+    feed_url = http_server.route("/feed.xml", rss([
+        {"title": "dead", "guid": "d", "url": dead, "date": day(2)},
+        {"title": "good", "guid": "g", "url": good, "date": day(1)},
+    ]), "application/rss+xml")
+    source = FeedSource(feed_url, id="show")
+
+    first = ingest_feed(local_store, source, config=config, log=lambda _: None)
+    by_url = {o.url: o for o in first.outcomes}
+    assert by_url[dead].status == "failed" and by_url[dead].reason == "HTTP 404 Not Found"
+    assert http_server.hits("/dead.mp3") == 1
+
+    second = ingest_feed(local_store, source, config=config, log=lambda _: None)  # the next refresh, at once
+    assert http_server.hits("/dead.mp3") == 1  # not asked again
+    assert {o.url: o.status for o in second.outcomes} == {dead: "deferred", good: "skipped"}
+    assert by_url[dead].failures == 1 and by_url[dead].retry_at
+
+    from emilia_sources.failures import failure_key
+
+    record = json.loads(local_store.get_bytes(failure_key(dead)))
+    assert (record["failures"], record["reason"], record["source_id"]) == (1, "HTTP 404 Not Found", "show")
+
+    def at(iso: str, plus_s: float) -> Callable[[], float]:
+        return lambda: datetime.fromisoformat(iso).timestamp() + plus_s
+
+    # due after one hour: tried again, fails again, and now waits two hours
+    third = ingest_feed(local_store, source, config=config, clock=at(record["next_retry_at"], 1), log=lambda _: None)
+    assert {o.url: o.status for o in third.outcomes}[dead] == "failed" and http_server.hits("/dead.mp3") == 2
+    again = json.loads(local_store.get_bytes(failure_key(dead)))
+    waited = datetime.fromisoformat(again["next_retry_at"]) - datetime.fromisoformat(again["last_failed_at"])
+    assert again["failures"] == 2 and waited.total_seconds() == 2 * 3600
+    assert again["first_failed_at"] == record["first_failed_at"]
+    before = ingest_feed(local_store, source, config=config, clock=at(again["next_retry_at"], -60),
+                         log=lambda _: None)
+    assert {o.url: o.status for o in before.outcomes}[dead] == "deferred" and http_server.hits("/dead.mp3") == 2
+
+    # the host puts the file back: at the next due time it lands and the record is gone
+    http_server.route("/dead.mp3", AUDIO["two_voices"], "audio/mpeg")
+    back = ingest_feed(local_store, source, config=config, clock=at(again["next_retry_at"], 1), log=lambda _: None)
+    assert {o.url: o.status for o in back.outcomes}[dead] == "new"
+    assert not local_store.exists(failure_key(dead))
+
+
+def test_the_retry_delay_doubles_up_to_a_cap() -> None:
+    from emilia_sources.failures import RetryPolicy
+
+    policy = RetryPolicy()
+    assert [policy.delay_s(n) / 3600 for n in (1, 2, 3, 4, 8, 9, 30)] == [1, 2, 4, 8, 128, 168, 168]
+
+
+def test_a_feed_on_a_non_public_address_is_refused(
+    local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ep = http_server.route("/ep.mp3", AUDIO["monologue"], "audio/mpeg")
+    feed_url = http_server.route("/feed.xml", rss([{"title": "x", "url": ep, "date": day(1)}]), "application/rss+xml")
+    monkeypatch.delenv("INGEST_ALLOW_HOSTS")
+
+    report = ingest_feed(local_store, FeedSource(feed_url), config=config, log=lambda _: None)
+
+    assert report.error == ("feed unreachable: refused: 127.0.0.1 is a loopback address "
+                            "(set INGEST_ALLOW_HOSTS to allow it)")
+    assert http_server.hits("/feed.xml", "/ep.mp3") == 0 and keys(local_store) == []
+    config.allow_hosts = ("127.0.0.0/8",)  # the run config's allow list works as the variable does
+    assert ingest_feed(local_store, FeedSource(feed_url), config=config, log=lambda _: None).count("new") == 1
+
+
+def test_an_enclosure_on_the_metadata_address_is_refused(
+    local_store: ObjectStore, http_server: HTTPFixture, config: PodcastConfig
+) -> None:
+    ok = http_server.route("/ok.mp3", AUDIO["monologue"], "audio/mpeg")
+    hop = http_server.route("/hop.mp3", redirect_to="http://169.254.169.254/latest/meta-data/")
+    feed_url = http_server.route("/feed.xml", rss([
+        {"title": "direct", "url": "http://169.254.169.254/latest/meta-data/iam/", "date": day(3)},
+        {"title": "redirected", "url": hop, "date": day(2)},
+        {"title": "fine", "url": ok, "date": day(1)},
+    ]), "application/rss+xml")
+    config.timeout_s = 0.5  # the code before the guard tried to connect there
+
+    report = ingest_feed(local_store, FeedSource(feed_url, id="ssrf"), config=config, log=lambda _: None)
+
+    reasons = {o.url: (o.status, o.reason) for o in report.outcomes}
+    hint = "(set INGEST_ALLOW_HOSTS to allow it)"
+    assert reasons["http://169.254.169.254/latest/meta-data/iam/"] == (
+        "failed", f"refused: 169.254.169.254 is a link-local address {hint}")
+    assert reasons[hop] == ("failed", "refused: redirect to http://169.254.169.254/latest/meta-data/: "
+                                      f"169.254.169.254 is a link-local address {hint}")
+    assert reasons[ok][0] == "new" and http_server.hits("/hop.mp3") == 1
 
 
 def test_music_feed_is_dropped_by_the_dialogue_score(

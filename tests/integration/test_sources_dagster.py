@@ -92,6 +92,56 @@ def test_a_broken_feed_is_a_recorded_failure(tmp_path, http_server, bad):
         run = dg.materialize([podcast_episodes], partition_key=feed_id, instance=instance,
                              resources={"store": store}, run_config=NO_WAIT, raise_on_error=False)
         assert not run.success  # the only source of the run failed: the run says so
-        mats = run.asset_materializations_for_node("podcast_episodes")
-        assert mats and mats[0].metadata["source_error"].value  # and the reason is recorded on the partition
+        assert run.asset_materializations_for_node("podcast_episodes") == []
+        (obs,) = run.asset_observations_for_node("podcast_episodes")
+        assert obs.partition == feed_id and obs.metadata["source_error"].value  # the reason, on the partition
     assert not list((tmp_path / "store").glob("raw_audio/**/*.*"))
+
+
+def _status(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, str | None]:
+    by_key = instance.get_status_by_partition(podcast_episodes.key, keys, podcast_feeds) or {}
+    return {k: (v.value if v else None) for k, v in by_key.items()}
+
+
+def test_a_broken_source_fails_its_partition_and_the_others_are_materialized(tmp_path, http_server):
+    """A ranged run over two feeds (as the sensor and the refresh schedule launch them), one of them broken."""
+    store = ObjectStoreResource(local_root=str(tmp_path / "store"))
+    http_server.route("/media/ok.mp3", AUDIO["monologue"], "audio/mpeg")
+    good = http_server.route("/good.xml", rss([
+        {"title": "ok", "guid": "ok", "url": http_server.url("/media/ok.mp3"), "date": day(2)},
+        {"title": "gone", "guid": "gone", "url": http_server.url("/media/gone.mp3"), "date": day(1)},  # 404
+    ]), "application/rss+xml")
+    bad = http_server.route("/bad.xml", b"<html><body>We moved!</body></html>", "text/html")
+    store.open().put_bytes("sources/podcast_feeds.txt", f"{good}\n{bad}\n".encode())
+
+    with dg.instance_for_test() as instance:
+        result = sources_sensor(dg.build_sensor_context(instance=instance, definitions=defs(),
+                                                        resources={"store": store}))
+        for req in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        good_id, bad_id = instance.get_dynamic_partitions(podcast_feeds.name)
+        (request,) = result.run_requests  # one run over both sources
+
+        run = dg.materialize([podcast_episodes], instance=instance, resources={"store": store}, run_config=NO_WAIT,
+                             tags=request.tags, raise_on_error=False)
+
+        assert not run.success
+        (failure,) = run.get_step_failure_events()
+        description = failure.step_failure_data.user_failure_data.description
+        assert description.startswith("1 of 2 sources failed") and bad_id in description and bad in description
+        assert "not a feed: server sent Content-Type 'text/html'" in description
+        assert _status(instance, [good_id, bad_id]) == {good_id: "MATERIALIZED", bad_id: "FAILED"}
+        (mat,) = run.asset_materializations_for_node("podcast_episodes")
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        assert mat.partition == good_id and (meta["new_episodes"], meta["failed"], meta["deferred"]) == (1, 1, 0)
+        assert "gone.mp3: HTTP 404 Not Found (failure 1, next try after " in meta["failures"]
+        (obs,) = run.asset_observations_for_node("podcast_episodes")
+        assert obs.partition == bad_id and "not a feed" in obs.metadata["source_error"].value
+
+        # The next refresh of the good feed: the 404 waits for its retry time, and the metadata lists it.
+        again = dg.materialize([podcast_episodes], partition_key=good_id, instance=instance,
+                               resources={"store": store}, run_config=NO_WAIT)
+        meta = metadata(again, "podcast_episodes")
+        assert (meta["new_episodes"], meta["skipped"], meta["failed"], meta["deferred"]) == (0, 1, 0, 1)
+        assert "gone.mp3: HTTP 404 Not Found (failure 1, next try after " in meta["deferred_failures"]
+        assert http_server.hits("/media/gone.mp3") == 1

@@ -117,9 +117,11 @@ def media_server() -> Iterator[MediaServer]:
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No proxy may reroute 127.0.0.1, and nothing yt-dlp does may need the internet."""
+    """No proxy may reroute 127.0.0.1, nothing yt-dlp does may need the internet, and the address guard lets the
+    media server on 127.0.0.1 through."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("INGEST_ALLOW_HOSTS", "127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -398,6 +400,28 @@ def test_unreachable_source_is_a_report_error(local_store: LocalStore, media_ser
     assert report.error and "404" in report.error
     assert report.outcomes == []
     assert _audio_keys(local_store) == []
+
+
+def test_non_public_sources_and_entries_are_refused_before_yt_dlp_sees_them(
+    local_store: LocalStore, media_server: MediaServer, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed_url, paths = _feed(media_server, clips, ["monologue"])
+    metadata_url = "http://169.254.169.254/latest/meta-data/ep.mp3"
+    mixed = media_server.add("/mixed.xml", _rss([
+        {"title": "ok", "guid": "ok", "url": media_server.base + paths[0]},
+        {"title": "imds", "guid": "imds", "url": metadata_url, "date": "Mon, 02 Nov 2026 10:00:00 +0000"},
+    ]))
+    hint = "(set INGEST_ALLOW_HOSTS to allow it)"
+
+    report = ingest_channel(local_store, mixed, config=FAST, log=lambda _: None)  # 127.0.0.1 allowed by _offline
+    assert {o.url: (o.status, o.reason) for o in report.outcomes}[metadata_url] == (
+        "failed", f"refused: 169.254.169.254 is a link-local address {hint}")
+    assert report.count("new") == 1
+
+    monkeypatch.delenv("INGEST_ALLOW_HOSTS")
+    refused = ingest_channel(local_store, feed_url, config=FAST, log=lambda _: None)
+    assert refused.error == f"refused: 127.0.0.1 is a loopback address {hint}" and refused.outcomes == []
+    assert media_server.gets("/ep-feed.xml") == 0
 
 
 def test_max_videos_per_run_takes_the_first_entries(

@@ -13,6 +13,8 @@ import pytest
 import emilia_sources.download as dl
 from emilia_sources.download import DownloadError, HostThrottle, download, sniff
 
+ALLOW = "INGEST_ALLOW_HOSTS"
+
 if TYPE_CHECKING:
     from tests.http_fixture import HTTPFixture
 
@@ -194,9 +196,10 @@ def test_feed_accepts_xml_and_refuses_html(http_server: HTTPFixture, tmp_path: P
         download(http_server.url("/feed"), tmp_path / "f5", **FAST)
 
 
-def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
+def test_connection_refused_is_retried_then_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
+    monkeypatch.setenv("INGEST_ALLOW_HOSTS", "127.0.0.1")
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -244,3 +247,234 @@ def test_throttle_is_used_for_every_attempt(http_server: HTTPFixture, tmp_path: 
     url = http_server.route("/busy.mp3", MP3, "audio/mpeg", fail_first=1)
     download(url, tmp_path / "ep", throttle=Counting(0.0), **FAST)
     assert calls == [url, url]
+
+
+def test_a_drop_reports_and_resumes_from_the_bytes_that_arrived(http_server: HTTPFixture, tmp_path: Path) -> None:
+    body = MP3[:40_000]  # shorter than one read chunk: the half that arrives is never a whole chunk
+    dropped = http_server.route("/short-drop.mp3", body, "audio/mpeg", drop_first=99, ranges=False)
+    with pytest.raises(DownloadError, match=r"connection dropped at 19\.5 KiB: .*gave up after 1 attempts"):
+        download(dropped, tmp_path / "ep", retries=0, **FAST)
+
+    resumed = http_server.route("/short-resume.mp3", body, "audio/mpeg", drop_first=1)
+    got = download(resumed, tmp_path / "ep2", **FAST)
+    assert sha(got.path.read_bytes()) == sha(body)
+    assert http_server.log("/short-resume.mp3")[1].headers["range"] == "bytes=20000-"  # exactly what had arrived
+
+
+# --- the address guard: only public destinations unless INGEST_ALLOW_HOSTS says otherwise ---------------------------
+
+
+def test_loopback_is_refused_without_the_allow_setting(
+    http_server: HTTPFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOW)
+    url = http_server.route("/ep.mp3", MP3, "audio/mpeg")
+    with pytest.raises(DownloadError) as err:
+        download(url, tmp_path / "ep", **FAST)
+    assert err.value.reason == f"refused: 127.0.0.1 is a loopback address (set {ALLOW} to allow it)"
+    assert http_server.hits("/ep.mp3") == 0 and nothing_left(tmp_path / "ep")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://10.1.2.3/ep.mp3", "10.1.2.3 is a private address"),
+        ("http://[::ffff:127.0.0.1]/ep.mp3", "::ffff:127.0.0.1 is an IPv4-mapped loopback address"),
+        ("http://[::1]:9/ep.mp3", "::1 is a loopback address"),
+        ("http://0.0.0.0/ep.mp3", "0.0.0.0 is an unspecified address"),
+        ("https://100.64.0.7/ep.mp3", "100.64.0.7 is a non-public address"),
+        ("http://2130706433/ep.mp3", "2130706433 resolves to 127.0.0.1, a loopback address"),
+    ],
+)
+def test_non_public_addresses_are_refused_before_any_connection(
+    url: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOW, raising=False)
+    with pytest.raises(DownloadError) as err:
+        download(url, tmp_path / "ep", retries=0, timeout_s=0.5, **FAST)
+    assert err.value.reason == f"refused: {reason} (set {ALLOW} to allow it)"
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("fd12:3456::1", "private"),
+        ("fe80::1%eth0", "link-local"),
+        ("224.0.0.251", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("::ffff:169.254.169.254", "IPv4-mapped link-local"),
+        ("64:ff9b::a9fe:a9fe", "IPv4-mapped link-local"),  # NAT64 of 169.254.169.254
+        ("2002:7f00:1::", "IPv4-mapped loopback"),  # 6to4 of 127.0.0.1
+        ("192.0.2.10", "private"),  # documentation range: never on the internet
+    ],
+)
+def test_address_kinds(address: str, kind: str | None) -> None:
+    from emilia_sources.address_guard import _parse_ip, non_public_kind
+
+    assert non_public_kind(_parse_ip(address)) == kind
+
+
+def test_a_name_that_resolves_to_loopback_is_refused(
+    http_server: HTTPFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOW)
+    http_server.route("/ep.mp3", MP3, "audio/mpeg")
+    with pytest.raises(DownloadError, match=r"refused: localhost resolves to (127\.0\.0\.1|::1), a loopback address"):
+        download(f"http://localhost:{http_server.port}/ep.mp3", tmp_path / "ep", **FAST)
+    assert http_server.hits("/ep.mp3") == 0
+
+
+def test_a_redirect_to_the_metadata_address_is_refused_at_the_hop(
+    http_server: HTTPFixture, tmp_path: Path
+) -> None:
+    url = http_server.route("/track/ep1", redirect_to="http://169.254.169.254/latest/meta-data/iam/")
+    with pytest.raises(DownloadError) as err:
+        download(url, tmp_path / "ep", retries=0, timeout_s=0.5, **FAST)
+    assert err.value.reason == (
+        "refused: redirect to http://169.254.169.254/latest/meta-data/iam/: 169.254.169.254 is a link-local address "
+        f"(set {ALLOW} to allow it)"
+    )
+    assert http_server.hits("/track/ep1") == 1  # never retried: a refusal is final
+
+
+def test_an_allowed_name_redirecting_to_loopback_is_refused_at_the_hop(
+    http_server: HTTPFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ALLOW, "localhost")  # the name is allowed, the address it redirects to is not
+    http_server.route("/track/ep1", redirect_to="/cdn/ep1.mp3")  # Location: http://127.0.0.1:<port>/cdn/ep1.mp3
+    http_server.route("/cdn/ep1.mp3", MP3, "audio/mpeg")
+    with pytest.raises(DownloadError) as err:
+        download(f"http://localhost:{http_server.port}/track/ep1", tmp_path / "ep", **FAST)
+    assert err.value.reason.startswith(
+        f"refused: redirect to {http_server.url('/cdn/ep1.mp3')}: 127.0.0.1 is a loopback address"
+    )
+    assert http_server.hits("/track/ep1") == 1 and http_server.hits("/cdn/ep1.mp3") == 0
+
+
+def test_a_public_looking_host_is_checked_on_the_address_it_resolves_to(
+    http_server: HTTPFixture, tmp_path: Path
+) -> None:
+    """The resolver hook stands in for DNS: the check and the connection use the same answer (no rebinding gap)."""
+    from emilia_sources.address_guard import AddressPolicy
+
+    http_server.route("/cdn/ep1.mp3", MP3, "audio/mpeg")
+    http_server.route("/track/ep1", redirect_to="/cdn/ep1.mp3")
+    answers = {"podcasts.example.org": ["127.0.0.1"], "mixed.example.org": ["93.184.215.14", "127.0.0.1"]}
+
+    def resolver(host: str, port: int) -> list[str]:
+        return answers.get(host, [host])
+
+    public_url = f"http://podcasts.example.org:{http_server.port}"
+    with pytest.raises(DownloadError, match="refused: podcasts.example.org resolves to 127.0.0.1, a loopback"):
+        download(f"{public_url}/cdn/ep1.mp3", tmp_path / "ep", policy=AddressPolicy(resolver=resolver), **FAST)
+    with pytest.raises(DownloadError, match="refused: mixed.example.org resolves to 127.0.0.1"):  # every address
+        download(f"http://mixed.example.org:{http_server.port}/cdn/ep1.mp3", tmp_path / "ep",
+                 policy=AddressPolicy.parse(["93.184.215.14"], resolver=resolver), **FAST)
+    allowed = AddressPolicy.parse(["podcasts.example.org"], resolver=resolver)
+    with pytest.raises(DownloadError, match="refused: redirect to http://127.0.0.1:"):
+        download(f"{public_url}/track/ep1", tmp_path / "ep", policy=allowed, **FAST)
+    got = download(f"{public_url}/cdn/ep1.mp3", tmp_path / "ep", policy=allowed, **FAST)
+    assert got.bytes == len(MP3) and http_server.hits("/cdn/ep1.mp3") == 1
+
+
+@pytest.mark.parametrize("allow", ["127.0.0.0/8", "localhost, 127.0.0.1", "10.0.0.0/8 127.0.0.1/32"])
+def test_allowed_hosts_and_ranges_are_reached(
+    allow: str, http_server: HTTPFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ALLOW, allow)
+    got = download(http_server.route("/ep.mp3", MP3, "audio/mpeg"), tmp_path / "ep", **FAST)
+    assert got.bytes == len(MP3)
+
+
+def test_a_bad_allow_entry_names_the_setting(
+    http_server: HTTPFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ALLOW, "127.0.0.1, http://intranet/")
+    with pytest.raises(ValueError, match=f"{ALLOW}: 'http://intranet/' is neither a host name"):
+        download(http_server.url("/ep.mp3"), tmp_path / "ep", **FAST)
+
+
+def test_a_redirect_to_another_scheme_is_refused(http_server: HTTPFixture, tmp_path: Path) -> None:
+    url = http_server.route("/track", redirect_to="file:///etc/passwd")
+    with pytest.raises(DownloadError, match="redirect to unsupported URL scheme 'file': file:///etc/passwd"):
+        download(url, tmp_path / "ep", **FAST)
+
+
+def test_an_unguarded_session_is_refused(http_server: HTTPFixture, tmp_path: Path) -> None:
+    import requests
+
+    with requests.Session() as plain, pytest.raises(ValueError, match="would bypass the address guard"):
+        download(http_server.route("/ep.mp3", MP3, "audio/mpeg"), tmp_path / "ep", session=plain, **FAST)
+    assert http_server.hits("/ep.mp3") == 0
+
+
+def test_a_gzip_encoded_feed_is_decoded(http_server: HTTPFixture, tmp_path: Path) -> None:
+    import gzip
+
+    xml = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>' + b" " * 200_000 + b"</channel></rss>"
+    url = http_server.route("/feed.gz", gzip.compress(xml), "application/rss+xml",
+                            headers={"Content-Encoding": "gzip"})
+    got = download(url, tmp_path / "f", accept="feed", **FAST)
+    assert got.path.read_bytes() == xml and got.bytes == len(xml)
+
+
+def test_https_to_a_pinned_address_still_verifies_the_name(tmp_path: Path) -> None:
+    """The guard connects to the checked address, and TLS (SNI, certificate) still goes by the host name."""
+    import datetime as dt
+    import http.server
+    import ssl
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from emilia_sources.address_guard import AddressPolicy, guarded_session
+
+    name = "podcasts.example.org"
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.send_header("Content-Length", str(len(MP3)))
+            self.end_headers()
+            self.wfile.write(MP3)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    port = server.server_address[1]
+    try:
+        policy = AddressPolicy.parse([name, "127.0.0.1"], resolver=lambda host, _: ["127.0.0.1"])
+        with guarded_session(policy) as session:
+            session.verify = str(tmp_path / "cert.pem")
+            got = download(f"https://{name}:{port}/ep.mp3", tmp_path / "ep", session=session, **FAST)
+            assert got.bytes == len(MP3)
+            with pytest.raises(DownloadError, match="TLS error"):  # the address is allowed, the name is not its cert's
+                download(f"https://127.0.0.1:{port}/ep.mp3", tmp_path / "ep2", session=session, **FAST)
+    finally:
+        server.shutdown()
+        server.server_close()
