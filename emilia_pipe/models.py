@@ -4,15 +4,20 @@ Production names models by Hugging Face id (or URL) and `emilia-forge models fet
 Docker image; `emilia-forge models tiny DIR` writes random-weight models in the same formats with the real
 input/output names, so the demo, the tests and a cluster smoke test run the whole pipe offline through the same
 loading code. Both write `DIR/models.json`, which `ModelSet.load(DIR)` reads.
+
+`models.json` names a file inside its folder as `./<path>` relative to that folder, so the folder works from any
+working directory and after a move (into an image, onto a pod); absolute paths outside it stay absolute, Hub ids
+and URLs stay as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -43,34 +48,84 @@ class ModelSet:
     kind: str = "hub"  # hub | cached | tiny
 
     def save(self, directory: Path) -> Path:
-        """Paths inside `directory` are stored relative, so the folder can move (into an image, onto a pod)."""
-        doc = {k: _relative(v, directory) for k, v in asdict(self).items()}
-        (directory / MANIFEST).write_text(json.dumps(doc, indent=1))
-        return directory / MANIFEST
+        """Paths inside `directory` are stored relative to it, so the folder can move (into an image, onto a pod).
+
+        A relative path that exists from the working directory (as `models tiny models/tiny` produces) is a path,
+        not an id: it is pinned before it is stored, so the manifest never depends on where it was written from.
+        """
+        doc = {k: v if k == "kind" else _to_manifest(v, Path(directory)) for k, v in asdict(self).items()}
+        (Path(directory) / MANIFEST).write_text(json.dumps(doc, indent=1))
+        return Path(directory) / MANIFEST
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelSet:
+        """Read `directory/models.json`, resolving its paths against `directory` (not the working directory).
+
+        Every local path must exist: a missing one fails here, naming the manifest and the path, rather than as a
+        bare `NoSuchFile` from a model loader minutes into a run.
+        """
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `emilia-forge models fetch|tiny {directory}` first")
-        doc = json.loads(path.read_text())
-        return cls(**{k: _absolute(v, directory) if k != "kind" else v for k, v in doc.items()})
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        unknown = set(doc) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        folder = directory.resolve()
+        return cls(**{k: v if k == "kind" else _from_manifest(k, v, folder, path) for k, v in doc.items()})
 
 
-def _relative(value: str | None, directory: Path) -> str | None:
-    if value is None:
-        return None
+def _is_remote(value: str) -> bool:
+    return value.startswith(("hf://", "https://", "http://"))
+
+
+def _to_manifest(value: str | None, directory: Path) -> str | None:
+    if value is None or _is_remote(value):
+        return value
     p = Path(value)
-    if p.is_absolute() and p.resolve().is_relative_to(directory.resolve()):
-        return "./" + str(p.resolve().relative_to(directory.resolve()))
-    return value
+    if not p.is_absolute() and not p.exists():
+        return value  # not a path from here: a Hub id or a faster-whisper size
+    # abspath, not resolve: a symlink inside the folder (to a shared cache) stays inside it
+    here, folder = Path(os.path.abspath(p)), Path(os.path.abspath(directory))
+    if not here.is_relative_to(folder):
+        here, folder = p.resolve(), directory.resolve()
+    if here.is_relative_to(folder):
+        return "./" + here.relative_to(folder).as_posix()
+    return str(here)
 
 
-def _absolute(value: str | None, directory: Path) -> str | None:
-    if value is not None and value.startswith("./"):
-        return str((directory / value[2:]).resolve())
-    return value
+# Fields a Hub repo id (`owner/name`) or a faster-whisper size (`large-v3`) may fill instead of a path.
+_ID_FIELDS = {"whisper", "diarization"}
+
+
+def _from_manifest(field: str, value: str | None, folder: Path, manifest: Path) -> str | None:
+    """A manifest value as the stages take it: an absolute path that exists, or a Hub id / URL unchanged.
+
+    `./x` is `folder/x`. A manifest written before paths were stored relative to their folder holds them relative
+    to the working directory it was written from (`models/tiny/whisper`); such a path is found by its tail inside
+    the folder (`folder/whisper`), wherever the folder is now.
+    """
+    if value is None or _is_remote(value):
+        return value
+    p = Path(value)
+    if p.is_absolute():
+        if not p.exists():
+            raise FileNotFoundError(f"{manifest}: {field} is {value}, which does not exist")
+        return value
+    for i in range(len(p.parts)):
+        candidate = folder.joinpath(*p.parts[i:])
+        if candidate.exists():
+            return str(candidate.resolve())
+    if field in _ID_FIELDS and not value.startswith(".") and len(p.parts) <= 2:
+        return value  # a Hub id or a model size: the stage resolves it
+    raise FileNotFoundError(
+        f"{manifest}: {field} path {value!r} is missing (looked inside {folder}); "
+        "rebuild the folder with `emilia-forge models fetch|tiny DIR`"
+    )
 
 
 def resolve_file(ref: str, cache_dir: Path | None = None, token: str | None = None) -> str:
@@ -107,10 +162,11 @@ def fetch(directory: Path, token: str | None = None, defaults: ModelSet | None =
     from huggingface_hub import snapshot_download
 
     m = defaults or ModelSet()
+    directory = Path(directory).absolute()  # every path below is then absolute, whatever the working directory
     directory.mkdir(parents=True, exist_ok=True)
     whisper = download_model(m.whisper, output_dir=str(directory / "whisper"))
     diar_dir = Path(snapshot_download(m.diarization, token=token, local_dir=directory / "diarization"))
-    _localize_pyannote_config(diar_dir, directory / "diarization-deps", token)
+    _localize_pyannote_config(diar_dir, token)
     separation = directory / "separation" / SEPARATION_FILE
     shutil.copyfile(resolve_file(m.separation, token=token), _mkparent(separation))
     dnsmos = {}
@@ -129,8 +185,13 @@ def _mkparent(path: Path) -> Path:
     return path
 
 
-def _localize_pyannote_config(pipeline_dir: Path, deps_dir: Path, token: str | None) -> None:
-    """A pyannote pipeline's config.yaml names its sub-models by HF id: download them and point it at local copies."""
+def _localize_pyannote_config(pipeline_dir: Path, token: str | None) -> None:
+    """A pyannote pipeline's config.yaml may name sub-models by HF id: download them into the pipeline's folder.
+
+    A sub-model pyannote loads itself is named `$model/<subfolder>` (pyannote resolves it against the pipeline's
+    folder), so the folder still works after a move. SpeechBrain/NeMo/WeSpeaker-ONNX ones are routed by their
+    name and only take a path: they get an absolute one (moving the folder then needs a re-fetch).
+    """
     from huggingface_hub import snapshot_download
 
     config_path = pipeline_dir / "config.yaml"
@@ -139,8 +200,10 @@ def _localize_pyannote_config(pipeline_dir: Path, deps_dir: Path, token: str | N
     for key, value in list(params.items()):
         if (isinstance(value, str) and not value.startswith("$") and value.count("/") == 1
                 and not Path(pipeline_dir, value).exists()):
-            local = snapshot_download(value, token=token, local_dir=deps_dir / value.replace("/", "--"))
-            params[key] = str(local)
+            subfolder = "deps--" + value.replace("/", "--")
+            local = snapshot_download(value, token=token, local_dir=pipeline_dir / subfolder)
+            routed_by_name = "pyannote" not in value and any(n in value for n in ("speechbrain", "nvidia", "wespeaker"))
+            params[key] = str(local) if routed_by_name else f"$model/{subfolder}"
     config_path.write_text(yaml.safe_dump(config))
 
 
@@ -154,6 +217,7 @@ def tiny(directory: Path, dnsmos_dir: Path | None = None) -> ModelSet:
     from emilia_pipe.tiny import pyannote as tiny_pyannote
     from emilia_pipe.tiny import whisper as tiny_whisper
 
+    directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     whisper = tiny_whisper.build(directory / "whisper", tiny_whisper.fetch_tiktoken(directory / ".cache"))
     diarization = tiny_pyannote.build(directory / "diarization")

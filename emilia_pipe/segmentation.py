@@ -1,12 +1,18 @@
 """Emilia's segmentation rules as pure functions over (start, end, speaker) spans, every number configurable.
 
-1. A speaker turn up to `split_above_s` (20 s) is kept whole (trimmed to its speech).
-2. A longer turn is split at its largest silence (from VAD), recursively, until each piece is short enough; a piece
-   with no silence left is kept if under `max_s`.
+1. A speaker turn up to `split_above_s` (20 s) is kept whole (trimmed to its speech; dropped if it has none).
+2. A longer turn is split at its largest silence (from VAD; the first of equal ones), recursively, until each piece
+   is under `split_above_s`; a piece with no silence left is kept whole.
 3. Anything still over `max_s` (30 s) is hard-split into equal pieces.
 4. A segment under `min_s` (3 s) is merged into the previous segment of the same speaker when the gap is under
-   `merge_gap_s` (2 s) and the result stays within `max_s`; the rest under `min_s` are dropped.
+   `merge_gap_s` (2 s), the result stays under `max_s` and no other speaker's turn lies between; the rest under
+   `min_s` are dropped.
 Segments never overlap, are ordered and never cross a speaker change.
+
+Durations are compared in whole samples at `sample_rate`, as Amphion's Emilia-Pipe compares its VAD's sample
+counts: a boundary case (a piece of exactly 20 s, a merge reaching exactly 30 s, two equal silences) then goes the
+same way whatever float rounding did to the seconds. docs/segmentation.md sets out each rule, where it matches
+Amphion's Emilia-Pipe and where it deliberately differs, and why.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class SegmentationRules:
     max_s: float = 30.0
     split_above_s: float = 20.0
     merge_gap_s: float = 2.0
+    sample_rate: int = 24_000  # the pipe's rate (emilia_pipe.audio.TARGET_SR): the grid durations are compared on
 
     def __post_init__(self) -> None:
         # Hard-split pieces are at least max_s / 2 long; a larger min_s would drop every piece of a long stretch.
@@ -39,6 +46,16 @@ class SegmentationRules:
             raise ValueError(
                 f"segmentation rules need 0 < min_s <= max_s/2 and min_s < split_above_s <= max_s, got {self}"
             )
+        if self.sample_rate <= 0:
+            raise ValueError(f"segmentation rules need a positive sample_rate, got {self}")
+
+    def samples(self, start: float, end: float) -> int:
+        """Whole samples from `start` to `end`: what the export cuts (`round(t * sample_rate)` at both ends)."""
+        return round(end * self.sample_rate) - round(start * self.sample_rate)
+
+    def limit(self, seconds: float) -> float:
+        """A rule's length in samples, to compare against `samples`."""
+        return seconds * self.sample_rate
 
 
 def _speech_within(start: float, end: float, speech: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -53,24 +70,38 @@ def _speech_within(start: float, end: float, speech: list[tuple[float, float]]) 
 def split_turn(
     start: float, end: float, speech: list[tuple[float, float]], rules: SegmentationRules
 ) -> list[tuple[float, float]]:
-    """Rules 1–3 for one turn: trim to speech, split at the largest silence while too long, hard-split last."""
+    """Rules 1–3 for one turn: trim to speech, split at the largest silence while too long, hard-split last.
+
+    As in Emilia, the turn itself is kept whole up to *and including* `split_above_s` (Emilia runs no VAD on such a
+    turn), while a stretch of speech being split is kept only *under* it.
+    """
     inside = _speech_within(start, end, speech)
     if not inside:
         return []
+    if rules.samples(start, end) <= rules.limit(rules.split_above_s):
+        return hard_split(inside[0][0], inside[-1][1], rules.max_s, rules.sample_rate)
+    return _split_speech(inside, rules)
+
+
+def _split_speech(inside: list[tuple[float, float]], rules: SegmentationRules) -> list[tuple[float, float]]:
     start, end = inside[0][0], inside[-1][1]
-    if end - start <= rules.split_above_s or len(inside) == 1:
-        return hard_split(start, end, rules.max_s)
-    gaps = [(inside[i + 1][0] - inside[i][1], i) for i in range(len(inside) - 1)]
-    _, i = max(gaps)  # the largest silence; ties go to the later one, which is fine
-    left_end, right_start = inside[i][1], inside[i + 1][0]
-    return split_turn(start, left_end, inside, rules) + split_turn(right_start, end, inside, rules)
+    if len(inside) == 1 or rules.samples(start, end) < rules.limit(rules.split_above_s):
+        return hard_split(start, end, rules.max_s, rules.sample_rate)
+    gaps = [rules.samples(inside[i][1], inside[i + 1][0]) for i in range(len(inside) - 1)]
+    i = gaps.index(max(gaps))  # the largest silence; of equal ones the first, as Emilia
+    return _split_speech(inside[: i + 1], rules) + _split_speech(inside[i + 1 :], rules)
 
 
-def hard_split(start: float, end: float, max_s: float) -> list[tuple[float, float]]:
+def hard_split(start: float, end: float, max_s: float, sample_rate: int | None = None) -> list[tuple[float, float]]:
+    """Equal pieces of at most `max_s` (one piece when it fits), compared in whole samples when given a rate."""
     length = end - start
-    if length <= max_s:
+    if sample_rate is not None:
+        units, limit = round(end * sample_rate) - round(start * sample_rate), max_s * sample_rate
+    else:
+        units, limit = length, max_s
+    if units <= limit:
         return [(start, end)]
-    n = math.ceil(length / max_s)
+    n = math.ceil(units / limit)
     step = length / n
     return [(start + k * step, start + (k + 1) * step if k < n - 1 else end) for k in range(n)]
 
@@ -99,17 +130,17 @@ def merge_short(segments: list[Span], rules: SegmentationRules, turns: list[Span
     for seg in segments:
         prev = merged[-1] if merged else None
         if (
-            seg.duration < rules.min_s
+            rules.samples(seg.start, seg.end) < rules.limit(rules.min_s)
             and prev is not None
             and prev.speaker == seg.speaker
-            and seg.start - prev.end < rules.merge_gap_s
-            and seg.end - prev.start <= rules.max_s
+            and rules.samples(prev.end, seg.start) < rules.limit(rules.merge_gap_s)
+            and rules.samples(prev.start, seg.end) < rules.limit(rules.max_s)
             and not _other_speaker_between(prev.end, seg.start, seg.speaker, turns or [])
         ):
             merged[-1] = Span(prev.start, seg.end, prev.speaker)
         else:
             merged.append(seg)
-    return [s for s in merged if s.duration >= rules.min_s]
+    return [s for s in merged if rules.samples(s.start, s.end) >= rules.limit(rules.min_s)]
 
 
 def segment(

@@ -64,6 +64,11 @@ def size_category(n: int) -> str:
     return next((label for bound, label in _SIZE_BUCKETS if n < bound), "n>1B")
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 language`, `2 languages`, `0 languages`: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _fmt(x: float | None, digits: int) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -292,8 +297,9 @@ def render_card(
         "and recognition: podcast and video audio processed by the Emilia pipeline (standardisation, source "
         "separation, speaker diarization, VAD segmentation, Whisper ASR, DNSMOS) into single-speaker segments, "
         "packed as WebDataset shards of `<key>.mp3` + `<key>.json`.", "",
-        f"**{index.height} segments, {hours:.3f} hours, {len(languages)} languages, {speakers} speakers, "
-        f"{episodes} episodes, {n_sources} sources.**", "",
+        # Hours keep the plural: a decimal ("1.000 hours") reads plural in English.
+        f"**{count(index.height, 'segment')}, {hours:.3f} hours, {count(len(languages), 'language')}, "
+        f"{count(speakers, 'speaker')}, {count(episodes, 'episode')}, {count(n_sources, 'source')}.**", "",
         "## Languages", "",
         "| Language | Name | Segments | Hours | Speakers | Episodes | Shards |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -306,8 +312,9 @@ def render_card(
         f"| **all** | | {index.height} | {hours:.3f} | {speakers} | {episodes} | {shards} |", "",
         "Each language is a config (`data/<language>/*.tar`); `default` holds them all.", "",
         "## Speakers", "",
-        f"{speakers} speaker labels. Labels come from diarization within one episode (`<episode_id>_S<nn>`): the "
-        "same person in two episodes has two labels, so this counts speakers per episode, not people.", "",
+        f"{count(speakers, 'speaker label')}. Labels come from diarization within one episode "
+        "(`<episode_id>_S<nn>`): the same person in two episodes has two labels, so this counts speakers per "
+        "episode, not people.", "",
         "## Quality and duration", "",
         "DNSMOS (P.835: `dnsmos_sig`, `dnsmos_bak`, `dnsmos_ovrl`; `dnsmos` is OVRL, as in Emilia) is recorded for "
         "every sample but never used to drop a sample unless the publish filters say so.",

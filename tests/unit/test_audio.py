@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -84,11 +85,71 @@ def test_text_file_with_audio_extension(tmp_path: Path, fn):
         assert "not a readable audio file" in err.reason
 
 
+# --- what a refused file is: FFmpeg says "Invalid data" for all of these; the reason tells them apart ------------
+
+
+def _m4a(tmp_path: Path, faststart: bool) -> bytes:
+    """A real 3 s AAC-in-MP4 file from ffmpeg, its index (`moov`) at the front or, as ffmpeg writes by default,
+    at the end."""
+    path = tmp_path / f"made_{faststart}.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
+                    "-c:a", "aac", *(["-movflags", "+faststart"] if faststart else []), str(path)], check=True)
+    return path.read_bytes()
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Top-level MP4 boxes as (type, offset, size)."""
+    out, offset = [], 0
+    while offset + 8 <= len(data):
+        size, kind = int.from_bytes(data[offset : offset + 4], "big"), data[offset + 4 : offset + 8]
+        out.append((kind, offset, size))
+        offset += size
+    return out
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("fn", [probe, decode], ids=["probe", "decode"])
+def test_refused_files_say_what_they_are(tmp_path: Path, fn):
+    html = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>\n"
+    cases = {
+        "page.m4a": (html, "an HTML page, not audio"),
+        "error.mp3": (b'{"error": "rate limited", "retry_after": 30}\n', "text, not audio"),
+        "feed.mp3": (b'<?xml version="1.0"?>\n<rss version="2.0"><channel></channel></rss>\n',
+                     "an XML document, not audio"),
+        "noise.m4a": (random.Random(7).randbytes(64_000), "not a known audio container"),
+    }
+    for name, (data, kind) in cases.items():
+        err = _audio_error(fn, _write(tmp_path, name, data))
+        assert kind in err.reason, (name, err.reason)
+
+    at_end = _m4a(tmp_path, faststart=False)
+    assert [b[0] for b in _boxes(at_end)][-1] == b"moov"
+    (_, moov_at, _), = [b for b in _boxes(at_end) if b[0] == b"moov"]
+    front = _m4a(tmp_path, faststart=True)
+    without_moov = b"".join(front[o : o + n] for kind, o, n in _boxes(front) if kind != b"moov")
+    no_index = "an MP4 without its index (moov atom missing): incomplete download?"
+    for name, data in {"cut_before_moov.m4a": at_end[:moov_at], "moov_removed.m4a": without_moov}.items():
+        err = _audio_error(fn, _write(tmp_path, name, data))
+        assert no_index in err.reason, (name, err.reason)
+    err = _audio_error(fn, _write(tmp_path, "cut_in_mdat.m4a", at_end[: moov_at // 2]))
+    assert "moov atom missing" in err.reason and "cut off inside its 'mdat' box" in err.reason
+
+    # the same files whole are audio
+    for name, data in {"whole.m4a": at_end, "front.m4a": front}.items():
+        assert probe(_write(tmp_path, name, data)).codec == "aac" and decode(tmp_path / name).size > 2 * TARGET_SR
+
+
 def test_truncated_mp3_head_only(sample, tmp_path: Path):
     path = tmp_path / "truncated.mp3"
     path.write_bytes(sample("monologue").read_bytes()[:600])
     err = _audio_error(probe, path)
     assert "truncated" in err.reason
+    assert "not audio" not in err.reason and "container" not in err.reason  # an MP3 start: the sniff knows it
 
 
 def test_truncated_mp3_half_file(sample, tmp_path: Path):

@@ -350,6 +350,20 @@ def test_card_is_deterministic_for_the_same_index():
     assert again == (card, png)
 
 
+def test_card_counts_take_the_singular_for_one_and_the_plural_otherwise():
+    one = index_frame([sample_json("ep_000000", duration=3.6)], {"ep_000000": "shards/en/b-00000.tar"})
+    card, _ = render_card(one, repo_id="o/r")
+    assert "**1 segment, 0.001 hours, 1 language, 1 speaker, 1 episode, 1 source.**" in card
+    assert "\n1 speaker label. " in card
+    index = release_index()
+    many, _ = render_card(index, repo_id="o/r")
+    speakers = index["speaker"].n_unique()
+    assert f"segments, 1.850 hours, 3 languages, {speakers} speakers, 5 episodes, 1 source.**" in many
+    assert f"\n{speakers} speaker labels. " in many
+    empty, _ = render_card(index_frame([], {}), repo_id="o/r")
+    assert "**0 segments, 0.000 hours, 0 languages, 0 speakers, 0 episodes, 0 sources.**" in empty
+
+
 def test_card_of_an_empty_index():
     card, png = render_card(index_frame([], {}), repo_id="o/r")
     meta = header(card)

@@ -8,8 +8,14 @@ from hypothesis import strategies as st
 
 from emilia_pipe.segmentation import SegmentationRules, Span, hard_split, merge_short, segment, split_turn
 
-RULES = SegmentationRules()  # min_s=3, max_s=30, split_above_s=20, merge_gap_s=2
+RULES = SegmentationRules()  # min_s=3, max_s=30, split_above_s=20, merge_gap_s=2, sample_rate=24000
 EPS = 1e-6
+SR = 24_000  # the rules' sample_rate: lengths are compared in whole samples, so a float length may be one off
+SAMPLE = 1 / SR
+
+
+def samples(start: float, end: float) -> int:
+    return round(end * SR) - round(start * SR)
 
 
 def spans(out: list[Span]) -> list[tuple[float, float, str]]:
@@ -39,13 +45,13 @@ def test_turn_of_exactly_split_above_s_is_not_split():
 
 
 def test_long_turn_is_split_at_the_largest_silence_recursively():
-    # Silences: 1 s [10,11], 5 s [20,25], 1 s [33,34], 2 s [42,44]. The 50 s turn is first cut at the 5 s silence:
-    # [0,20] is 20 s, short enough; [25,50] is 25 s, so it is cut again at its largest silence, the 2 s one.
-    speech = [(0.0, 10.0), (11.0, 20.0), (25.0, 33.0), (34.0, 42.0), (44.0, 50.0)]
-    assert split_turn(0.0, 50.0, speech, RULES) == [(0.0, 20.0), (25.0, 42.0), (44.0, 50.0)]
+    # Silences: 1 s [10,11], 5.5 s [19.5,25], 1 s [33,34], 2 s [42,44]. The 50 s turn is first cut at the 5.5 s
+    # silence: [0,19.5] is under 20 s, short enough; [25,50] is 25 s, so it is cut again at its largest silence.
+    speech = [(0.0, 10.0), (11.0, 19.5), (25.0, 33.0), (34.0, 42.0), (44.0, 50.0)]
+    assert split_turn(0.0, 50.0, speech, RULES) == [(0.0, 19.5), (25.0, 42.0), (44.0, 50.0)]
     out = segment([Span(0.0, 50.0, "A")], speech)
-    assert spans(out) == [(0.0, 20.0, "A"), (25.0, 42.0, "A"), (44.0, 50.0, "A")]
-    assert all(s.duration <= RULES.split_above_s for s in out)
+    assert spans(out) == [(0.0, 19.5, "A"), (25.0, 42.0, "A"), (44.0, 50.0, "A")]
+    assert all(s.duration < RULES.split_above_s for s in out)
 
 
 def test_long_silence_inside_a_turn_is_cut_out():
@@ -95,9 +101,9 @@ def test_short_segment_merges_into_previous_segment_of_same_speaker():
     assert spans(segment(turns, [(0.0, 10.0), (11.0, 13.0)])) == [(0.0, 13.0, "A")]
 
 
-def test_merge_just_under_the_gap_limit_and_exactly_at_max_s():
-    turns = [Span(0.0, 27.0, "A"), Span(28.99, 30.0, "A")]
-    assert spans(segment(turns, [(0.0, 27.0), (28.99, 30.0)])) == [(0.0, 30.0, "A")]
+def test_merge_just_under_the_gap_limit_and_just_under_max_s():
+    turns = [Span(0.0, 27.0, "A"), Span(28.99, 29.99, "A")]
+    assert spans(segment(turns, [(0.0, 27.0), (28.99, 29.99)])) == [(0.0, 29.99, "A")]
 
 
 def test_short_piece_split_off_a_long_turn_is_merged_back():
@@ -150,6 +156,51 @@ def test_turn_without_speech_yields_nothing():
     assert segment([Span(0.0, 10.0, "A")], [(20.0, 30.0)]) == []
     assert segment([Span(0.0, 10.0, "A")], []) == []
     assert segment([], [(0.0, 10.0)]) == []
+
+
+# --- Boundary cases, as Emilia decides them: in whole samples, first of equal silences, under 20 s, under 30 s --
+
+
+def test_of_equal_largest_silences_the_first_is_split_at():
+    # Two 2 s silences in a 25 s turn. At the first: [0,8] + [10,25] (15 s, kept). At the later one it would be
+    # [0,21] (too long, so cut at [8,10] again) + [23,25], a 2 s piece that would then be dropped.
+    speech = [(0.0, 8.0), (10.0, 21.0), (23.0, 25.0)]
+    assert split_turn(0.0, 25.0, speech, RULES) == [(0.0, 8.0), (10.0, 25.0)]
+    assert spans(segment([Span(0.0, 25.0, "A")], speech)) == [(0.0, 8.0, "A"), (10.0, 25.0, "A")]
+
+
+def test_equal_silences_are_equal_in_samples_whatever_float_rounding_says():
+    # Both silences are 0.3 s (7200 samples), but in floats 5.3 - 5.0 < 18.6 - 18.3.
+    speech = [(0.0, 5.0), (5.3, 18.3), (18.6, 22.0)]
+    assert 5.3 - 5.0 < 18.6 - 18.3 and samples(5.0, 5.3) == samples(18.3, 18.6) == 7200
+    assert split_turn(0.0, 22.0, speech, RULES) == [(0.0, 5.0), (5.3, 22.0)]
+
+
+def test_a_piece_of_exactly_split_above_s_is_split_further():
+    # The 30 s turn is cut at its 5 s silence; the piece before it is exactly 20 s, which Emilia does not keep
+    # (it keeps pieces under 20 s), so it is cut again at its 1 s silence.
+    speech = [(0.0, 9.0), (10.0, 20.0), (25.0, 30.0)]
+    assert split_turn(0.0, 30.0, speech, RULES) == [(0.0, 9.0), (10.0, 20.0), (25.0, 30.0)]
+    # a hair under 20 s (one sample) stays whole; the turn itself of exactly 20 s is kept whole (Emilia's VAD
+    # never sees it): see test_turn_of_exactly_split_above_s_is_not_split
+    under = [(0.0, 9.0), (10.0, 20.0 - 1 / 24_000), (25.0, 30.0)]
+    assert split_turn(0.0, 30.0, under, RULES) == [(0.0, 20.0 - 1 / 24_000), (25.0, 30.0)]
+
+
+def test_a_piece_of_exactly_split_above_s_in_samples_is_split_though_its_float_length_is_under():
+    speech = [(12.3, 21.0), (22.0, 32.3), (40.0, 50.0)]
+    assert 32.3 - 12.3 < 20.0 and samples(12.3, 32.3) == 480_000
+    assert split_turn(12.3, 50.0, speech, RULES) == [(12.3, 21.0), (22.0, 32.3), (40.0, 50.0)]
+
+
+def test_a_merge_reaching_exactly_max_s_is_not_made():
+    # Emilia merges only while the result stays under 30 s: the 2 s segment is left alone, then dropped as short.
+    turns = [Span(0.0, 27.0, "A"), Span(28.0, 30.0, "A")]
+    assert spans(segment(turns, [(0.0, 27.0), (28.0, 30.0)])) == [(0.0, 27.0, "A")]
+    # 32.3 - 2.3 is 29.999999999999996 in floats, but exactly 30 s in samples: not merged either
+    turns = [Span(2.3, 29.3, "A"), Span(30.3, 32.3, "A")]
+    assert 32.3 - 2.3 < 30.0 and samples(2.3, 32.3) == 720_000
+    assert spans(segment(turns, [(2.3, 29.3), (30.3, 32.3)])) == [(2.3, 29.3, "A")]
 
 
 # --- Overlapping turns and the speaker-change guarantee ----------------------------------------------------------
@@ -327,7 +378,8 @@ def check_invariants(turns: list[Span], speech: list[tuple[float, float]], rules
     for prev, cur in zip(out, out[1:], strict=False):
         assert cur.start >= prev.end - 1e-9, f"overlap: {prev} / {cur}"
     for s in out:
-        assert rules.min_s - EPS <= s.duration <= rules.max_s + EPS, f"duration {s.duration} out of bounds: {s}"
+        assert rules.min_s - SAMPLE <= s.duration <= rules.max_s + SAMPLE, f"duration {s.duration} out of bounds: {s}"
+        assert rules.min_s * SR <= samples(s.start, s.end) <= rules.max_s * SR + 1, s
         assert s.speaker in {t.speaker for t in turns}
         # Starts and ends in the speaker's own turns, and in VAD speech (hard-split cuts fall inside one region).
         assert _in_turn_of(s.start, s.speaker, turns) and _in_turn_of(s.end, s.speaker, turns), s
@@ -374,9 +426,9 @@ def test_split_turn_keeps_all_speech_and_cuts_only_at_silences_or_inside_long_re
         assert cur_start >= prev_end
     for lo, hi in pieces:
         assert start <= lo < hi <= end
-        assert hi - lo <= rules.max_s + EPS
+        assert hi - lo <= rules.max_s + SAMPLE
         assert _in_speech(lo, inside) and _in_speech(hi, inside)
-        if hi - lo > rules.split_above_s:  # only an unbroken stretch of speech may stay this long
+        if hi - lo > rules.split_above_s + SAMPLE:  # only an unbroken stretch of speech may stay this long
             assert any(s - EPS <= lo and hi <= e + EPS for s, e in inside), (lo, hi)
     kept = _total([r for lo, hi in pieces for r in _clip(inside, lo, hi)])
     assert kept == pytest.approx(_total(inside), abs=EPS)
