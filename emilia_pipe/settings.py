@@ -1,17 +1,20 @@
-"""From settings (model set, stages, device, Emilia's numbers) to a `PipeConfig`, shared by the CLI and Dagster."""
+"""From settings (model set, stages, device, Emilia's numbers) to a `PipeConfig`, shared by the CLI and Dagster.
+
+Importing this module stays cheap (the Dagster code location reads `ALL_STAGES` from it): the stage modules, which
+import torch, faster-whisper and onnxruntime, load only when `build_pipe_config` runs.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from emilia_pipe.asr import AsrConfig
-from emilia_pipe.diarization import DiarizationConfig
-from emilia_pipe.dnsmos import DnsmosConfig
 from emilia_pipe.models import ModelSet, resolve_file
-from emilia_pipe.pipeline import PipeConfig
-from emilia_pipe.segmentation import SegmentationRules
-from emilia_pipe.separation import SeparationConfig
-from emilia_pipe.vad import VadConfig
+
+if TYPE_CHECKING:
+    from emilia_pipe.pipeline import PipeConfig
+    from emilia_pipe.segmentation import SegmentationRules
+    from emilia_pipe.vad import VadConfig
 
 ALL_STAGES = ("separate", "diarize", "asr", "dnsmos")
 
@@ -45,6 +48,15 @@ def build_pipe_config(
     rules: SegmentationRules | None = None,
 ) -> PipeConfig:
     """Per-stage devices can be overridden by `SEPARATION_DEVICE` and `DNSMOS_DEVICE` (the seed's names)."""
+    # Here, not at the top: these modules are the ML runtime. ASR first, as the pipeline module imports them.
+    from emilia_pipe.asr import AsrConfig
+    from emilia_pipe.diarization import DiarizationConfig
+    from emilia_pipe.dnsmos import DnsmosConfig
+    from emilia_pipe.pipeline import PipeConfig
+    from emilia_pipe.segmentation import SegmentationRules
+    from emilia_pipe.separation import SeparationConfig
+    from emilia_pipe.vad import VadConfig
+
     unknown = set(stages) - set(ALL_STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {ALL_STAGES}")

@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from emilia_publish.filters import PublishFilters
 
@@ -236,8 +234,12 @@ def render_figure(index: pl.DataFrame) -> bytes:
     """Histograms of DNSMOS OVRL and segment duration, one step line per language, as PNG bytes.
 
     Built on a bare `Figure` with the Agg canvas (no pyplot state, safe in a worker thread); fixed bins, sizes and
-    no Software/date metadata keep the PNG byte-identical for the same index.
+    no Software/date metadata keep the PNG byte-identical for the same index. matplotlib is imported here, in the
+    publish run, so that loading the code location does not pay for it.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax_mos, ax_dur = fig.subplots(1, 2)

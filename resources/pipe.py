@@ -1,20 +1,29 @@
-"""The Emilia pipe as a Dagster resource: which models, which stages, which device; one pipeline per worker."""
+"""The Emilia pipe as a Dagster resource: which models, which stages, which device; one pipeline per worker.
+
+The ML stack (torch, faster-whisper, onnxruntime, pyannote) is imported only when a run asks for the pipeline or its
+config: loading the code location (code servers, sensors, schedules, the UI, ingest and publish runs) never pays for
+it. `tests/unit/test_definitions_light.py` holds this line.
+"""
+
+from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from emilia_pipe.models import ModelSet
-from emilia_pipe.pipeline import EmiliaPipeline, PipeConfig
-from emilia_pipe.segmentation import SegmentationRules
-from emilia_pipe.settings import ALL_STAGES, build_pipe_config
-from emilia_pipe.vad import VadConfig
+from emilia_pipe.settings import ALL_STAGES
+
+if TYPE_CHECKING:
+    from emilia_pipe.pipeline import EmiliaPipeline, PipeConfig
 
 
 @functools.lru_cache(maxsize=4)
 def _pipeline(config: PipeConfig) -> EmiliaPipeline:
     # Models load once per process and config, then serve every episode of every batch this worker runs.
+    from emilia_pipe.pipeline import EmiliaPipeline
+
     return EmiliaPipeline(config)
 
 
@@ -47,6 +56,11 @@ class EmiliaPipeResource(dg.ConfigurableResource):
 
     def pipe_config(self, device: str | None = None) -> PipeConfig:
         """`device` overrides the setting: a pooled worker is pinned to one GPU, which it sees as `cuda`."""
+        from emilia_pipe.models import ModelSet
+        from emilia_pipe.segmentation import SegmentationRules
+        from emilia_pipe.settings import build_pipe_config
+        from emilia_pipe.vad import VadConfig
+
         return build_pipe_config(
             ModelSet.load(self.models_dir) if self.models_dir else ModelSet(),
             stages=self.stages,
