@@ -16,7 +16,6 @@ import time
 
 import dagster as dg
 
-from emilia_assets.jobs import emilia_job
 from emilia_assets.pools import GPU_POOL
 from sensors.courtesy_core import (
     ACTIVE_STATUSES,
@@ -129,11 +128,14 @@ def apply(context: dg.SensorEvaluationContext, pool: str, view: ClusterView, dec
         except Exception as e:  # the run keeps running; a later tick decides again
             context.log.warning(f"terminating run {run_id} failed: {type(e).__name__}: {e}")
             ok = False
-        if ok:
+        run = instance.get_run_by_id(run_id)
+        if ok or (run is not None and run.status not in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)):
+            # CANCELING even when the launcher reported a failure (its Job was not there yet): once run monitoring
+            # ends it, it is re-queued like the others.
             terminated.append(run_id)
         else:
             instance.add_run_tags(run_id, {COURTESY_TAG: "terminate-failed"})
-            context.log.warning(f"run {run_id} was not terminated; it will not be re-queued")
+            context.log.warning(f"run {run_id} was not terminated and keeps running; it will not be re-queued")
     return terminated
 
 
@@ -171,9 +173,12 @@ def courtesy_tick(context: dg.SensorEvaluationContext, job_name: str, pool: str)
                            skip_reason=None if requests else decision.reason)
 
 
-def build_gpu_courtesy_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition, pool: str,
+def build_gpu_courtesy_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefinition, pool: str = GPU_POOL,
                               name: str = "gpu_courtesy_sensor") -> dg.SensorDefinition:
-    """The sensor for the runs of `pool`; terminated batches are re-queued as runs of `job`."""
+    """The sensor for the runs of `pool`; terminated batches are re-queued as runs of `job` (the batch job).
+
+    Off by default (`GPU_COURTESY=1` turns it on when the code location loads; the UI can start it too).
+    """
 
     @dg.sensor(
         name=name,
@@ -188,6 +193,3 @@ def build_gpu_courtesy_sensor(job: dg.UnresolvedAssetJobDefinition | dg.JobDefin
         return courtesy_tick(context, job.name, pool)
 
     return _sensor
-
-
-gpu_courtesy_sensor = build_gpu_courtesy_sensor(emilia_job, GPU_POOL)
