@@ -118,7 +118,7 @@ def apply(context: dg.SensorEvaluationContext, pool: str, view: ClusterView, dec
     limits = {p.name: p.limit for p in storage.get_pool_limits()}
     if limits.get(pool) != decision.pool_limit:
         storage.set_concurrency_slots(pool, decision.pool_limit)
-    names = ", ".join(p.name for p in view.foreign if p.uid in decision.serves)
+    names = ", ".join(p.name for p in view.foreign if p.uid in decision.serves or not decision.serves)
     terminated = []
     for run_id in decision.terminate:
         # Tagged before the call: even if this tick dies right after, a later tick re-queues the batch.

@@ -17,6 +17,7 @@ from sensors.courtesy_core import CourtesySettings, PodFacts
 
 RUN_ID_LABEL = "dagster/run-id"
 PAGE = 500
+TIMEOUT_S = 30  # a hung API server fails the tick instead of hanging it
 
 
 class NoKubernetesConfig(RuntimeError):
@@ -80,7 +81,7 @@ def pod_facts(pod: client.V1Pod, gpu_resource: str) -> PodFacts:
 def _paged(api: client.CoreV1Api, namespace: str | None, **selectors: str) -> Iterator[client.V1Pod]:
     token = None
     while True:
-        kwargs = {"limit": PAGE, **selectors, **({"_continue": token} if token else {})}
+        kwargs = {"limit": PAGE, "_request_timeout": TIMEOUT_S, **selectors, **({"_continue": token} if token else {})}
         page = (api.list_namespaced_pod(namespace, **kwargs) if namespace
                 else api.list_pod_for_all_namespaces(**kwargs))
         yield from page.items
