@@ -22,6 +22,7 @@ from resources.gpu_pool import GpuPoolResource
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
+from sensors.gpu_courtesy import build_gpu_courtesy_sensor
 from sensors.publish import publish_sensor
 from sensors.raw_audio import raw_audio_sensor
 from sensors.sources import refresh_podcasts_schedule, refresh_youtube_schedule, sources_sensor
@@ -86,7 +87,7 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[podcast_episodes, youtube_audio, raw_episodes, processed_segments, hf_shards],
         jobs=[emilia_job, publish_job, podcast_ingest_job, youtube_ingest_job],
-        sensors=[raw_audio_sensor, publish_sensor, sources_sensor],
+        sensors=[raw_audio_sensor, publish_sensor, sources_sensor, build_gpu_courtesy_sensor(emilia_job)],
         schedules=[refresh_podcasts_schedule, refresh_youtube_schedule],
         resources={
             "store": object_store_from_env(),

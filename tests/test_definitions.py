@@ -26,6 +26,7 @@ def test_definitions_are_loadable_and_complete():
     assert assets_of("publish_job") == {"hf_shards"}  # no GPU
     assert d.resolve_sensor_def("raw_audio_sensor").job_name == "emilia_job"
     assert d.resolve_sensor_def("publish_sensor").job_name == "publish_job"
+    assert d.resolve_sensor_def("gpu_courtesy_sensor").job_name == "emilia_job"  # re-queues batches there
 
 
 def test_cli_validates_the_workspace():
