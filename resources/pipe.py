@@ -1,13 +1,13 @@
-"""The Emilia pipe as a Dagster resource: which models, which stages, which device; one pipeline per worker.
+"""The Emilia pipe as a Dagster resource: which models, which stages, which device. The pipelines themselves are
+built by the batch runner's workers (`emilia_pipe.pool`), one per worker process, from `pipe_config()`.
 
-The ML stack (torch, faster-whisper, onnxruntime, pyannote) is imported only when a run asks for the pipeline or its
-config: loading the code location (code servers, sensors, schedules, the UI, ingest and publish runs) never pays for
-it. `tests/unit/test_definitions_light.py` holds this line.
+The ML stack (torch, faster-whisper, onnxruntime, pyannote) is imported only when a run asks for the config:
+loading the code location (code servers, sensors, schedules, the UI, ingest and publish runs) never pays for it.
+`tests/unit/test_definitions_light.py` holds this line.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -16,15 +16,7 @@ from pydantic import Field
 from emilia_pipe.settings import ALL_STAGES
 
 if TYPE_CHECKING:
-    from emilia_pipe.pipeline import EmiliaPipeline, PipeConfig
-
-
-@functools.lru_cache(maxsize=4)
-def _pipeline(config: PipeConfig) -> EmiliaPipeline:
-    # Models load once per process and config, then serve every episode of every batch this worker runs.
-    from emilia_pipe.pipeline import EmiliaPipeline
-
-    return EmiliaPipeline(config)
+    from emilia_pipe.pipeline import PipeConfig
 
 
 class EmiliaPipeResource(dg.ConfigurableResource):
@@ -84,6 +76,3 @@ class EmiliaPipeResource(dg.ConfigurableResource):
             rules=SegmentationRules(min_s=self.min_segment_s, max_s=self.max_segment_s,
                                     split_above_s=self.split_above_s, merge_gap_s=self.merge_gap_s),
         )
-
-    def pipeline(self) -> EmiliaPipeline:
-        return _pipeline(self.pipe_config())
