@@ -2,6 +2,7 @@
 
     emilia-forge process FILE... --out DIR [--root DIR] [--language en]
     emilia-forge run-batch BATCH_ID [--store DIR]
+    emilia-forge doctor [--load]
 
 `process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
 completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A file's key is its path relative to
@@ -129,6 +130,26 @@ def pipe_config(models_dir: str | None, language: str | None, stages: str | None
     )
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from emilia_pipe.doctor import run_doctor
+    from emilia_pipe.settings import ALL_STAGES
+
+    stages = args.stages if args.stages is not None else os.environ.get("EMILIA_STAGES")
+    report = run_doctor(
+        args.models or os.environ.get("EMILIA_MODELS_DIR", ""),
+        args.device or os.environ.get("EMILIA_DEVICE") or "auto",
+        [x.strip() for x in stages.split(",") if x.strip()] if stages is not None else list(ALL_STAGES),
+        load=args.load,
+        hf_token=os.environ.get("HF_TOKEN") or None,
+    )
+    if args.json:
+        print(json.dumps({"ok": report.ok, "checks": [c.__dict__ for c in report.checks], "facts": report.facts},
+                         default=str))
+    else:
+        print(report.render())
+    return 0 if report.ok else 1
+
+
 def _models_fetch(args: argparse.Namespace) -> int:
     from emilia_pipe.models import fetch
 
@@ -168,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-failure-fraction", type=float, default=0.5, help="exit 1 above this fraction failed")
     _pool_args(b)
     b.set_defaults(func=_run_batch)
+    d = sub.add_parser("doctor", help="check that this machine can run the pipe as configured (GPU, models)")
+    d.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
+    d.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default $EMILIA_DEVICE or auto)")
+    d.add_argument("--stages", default=None, help="optional stages, comma-separated (default $EMILIA_STAGES or all)")
+    d.add_argument("--load", action="store_true", help="also load every model and read back where each runs")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_doctor)
     m = sub.add_parser("models", help="cache the production models, or build tiny ones").add_subparsers(
         dest="models_command", required=True
     )

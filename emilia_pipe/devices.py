@@ -136,3 +136,50 @@ def plan_workers(
         for w in range(workers_per_gpu)
     )
     return PoolPlan(slots, "cuda", tuple(chosen), max(1, cores // len(slots)))
+
+
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+def cuda_index(device: str) -> int | None:
+    """`cpu` -> None, `cuda` -> 0, `cuda:N` -> N (case-insensitive); anything else is a configuration error."""
+    d = device.strip().lower()
+    if d == "cpu":
+        return None
+    if d == "cuda":
+        return 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return int(d[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def onnx_providers(device: str, stage: str, cuda_options: dict[str, str | int] | None = None) -> list:
+    """ONNX Runtime providers for a stage's device; a CUDA device that this onnxruntime cannot serve is an error.
+
+    Raises:
+        DeviceError: CUDA was asked for and this onnxruntime build has no CUDA provider (the CPU wheel).
+    """
+    index = cuda_index(device)
+    if index is None:
+        return [CPU_EP]
+    import onnxruntime as ort
+
+    if CUDA_EP not in ort.get_available_providers():
+        raise DeviceError(
+            f"{stage}: device {device!r} was requested but this onnxruntime {ort.__version__} has no {CUDA_EP} "
+            "(install onnxruntime-gpu, the project's `gpu` extra), or set the stage's device to cpu on purpose"
+        )
+    return [(CUDA_EP, {**(cuda_options or {}), "device_id": index}), CPU_EP]
+
+
+def require_onnx_device(session, device: str, stage: str) -> str:
+    """The provider a session really runs on; an error when CUDA was asked for and ONNX Runtime fell back to the CPU
+    (it does so silently when the CUDA or cuDNN libraries cannot be loaded)."""
+    provider = session.get_providers()[0]
+    if cuda_index(device) is not None and provider != CUDA_EP:
+        raise DeviceError(
+            f"{stage}: ONNX Runtime could not start {CUDA_EP} for device {device!r} and would run on {provider} "
+            "(CUDA or cuDNN libraries missing? onnxruntime's log says which)"
+        )
+    return provider

@@ -33,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from emilia_pipe.audio import resample
+from emilia_pipe.devices import onnx_providers, require_onnx_device
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ _FIT_OVRL = (-0.06766283, 1.11546468, 0.04602535)
 class DnsmosConfig:
     """Where the ONNX files are and where to run them.
 
-    `device` is `cpu`, `cuda` or `cuda:N` (env `DNSMOS_DEVICE`); CUDA needs onnxruntime-gpu and falls back to the
-    CPU, with a warning, where its provider is missing. `batch_size` is windows (9.01 s each) per ONNX call.
+    `device` is `cpu`, `cuda` or `cuda:N` (env `DNSMOS_DEVICE`); CUDA needs onnxruntime-gpu, and a CUDA device that
+    ONNX Runtime cannot serve is an error (`DeviceError`), never a quiet CPU run. `batch_size` is windows (9.01 s each)
+    per ONNX call.
     """
 
     sig_bak_ovr_path: str
@@ -74,22 +76,6 @@ class DnsmosConfig:
         """The config with `device` taken from `DNSMOS_DEVICE` (default cpu), so a pod picks its GPU by env."""
         env = os.environ if env is None else env
         return cls(sig_bak_ovr_path, p808_path, device=env.get("DNSMOS_DEVICE", "cpu").strip() or "cpu")
-
-
-def _providers(device: str) -> list:
-    """ONNX Runtime providers for `device`; CPU when CUDA was asked for but this onnxruntime build lacks it."""
-    device = device.strip().lower()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda" or device.startswith("cuda:"):
-        index = device.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise ValueError(f"DNSMOS device {device!r}: expected cpu, cuda or cuda:N")
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
-        log.warning("DNSMOS device %r asked for, but onnxruntime has no CUDA provider: running on CPU", device)
-        return ["CPUExecutionProvider"]
-    raise ValueError(f"DNSMOS device {device!r}: expected cpu, cuda or cuda:N")
 
 
 def tile_to_window(audio: np.ndarray) -> np.ndarray:
@@ -175,8 +161,9 @@ class Dnsmos:
         if config.batch_size < 1:
             raise ValueError(f"DNSMOS batch_size must be >= 1, got {config.batch_size}")
         self.config = config
-        providers = _providers(config.device)
+        providers = onnx_providers(config.device, "dnsmos")
         self._sig = ort.InferenceSession(config.sig_bak_ovr_path, providers=providers)
+        require_onnx_device(self._sig, config.device, "dnsmos")
         self._sig_input = self._sig.get_inputs()[0].name
         self._p808: ort.InferenceSession | None = None
         if config.p808_path:

@@ -39,6 +39,8 @@ import onnxruntime as ort
 import soxr
 import torch
 
+from emilia_pipe.devices import CUDA_EP, cuda_index, onnx_providers, require_onnx_device
+
 log = logging.getLogger(__name__)
 
 MODEL_SR = 44_100
@@ -54,8 +56,6 @@ STEP = WINDOW - 2 * TRIM - RAMP  # 192 hops (~4.5 s): windows overlap by ~25 %, 
 LEAD = TRIM + RAMP  # window j starts LEAD samples before the first sample it owns with full weight
 _FEED = 1 << 16  # input samples handed to the resampler per call (any size gives the same output)
 
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
 ENV_MEM_LIMIT_GB = "ORT_CUDA_MEM_LIMIT_GB"
 ENV_MEM_LIMIT_FRACTION = "ORT_CUDA_MEM_LIMIT_FRACTION"
 ENV_ARENA_EXTEND_STRATEGY = "ORT_CUDA_ARENA_EXTEND_STRATEGY"
@@ -87,14 +87,7 @@ class SeparationConfig:
 
 
 def _parse_device(device: str) -> int | None:
-    """`cpu` -> None, `cuda` -> 0, `cuda:N` -> N; anything else is a configuration error worth failing on."""
-    if device == "cpu":
-        return None
-    if device == "cuda":
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return cuda_index(device)
 
 
 def cuda_provider_options_from_env(
@@ -275,19 +268,11 @@ class MdxSeparator:
     def __init__(self, config: SeparationConfig):
         self.config = config
         device_index = _parse_device(config.device)
-        providers: list[str | tuple[str, dict[str, str | int]]] = [CPU_EP]
-        if device_index is not None:
-            if CUDA_EP in ort.get_available_providers():
-                options = cuda_provider_options_from_env(os.environ, device_id=device_index)
-                providers = [(CUDA_EP, options), CPU_EP]
-            else:
-                log.warning("device %s asked for, but this onnxruntime has no %s (install onnxruntime-gpu): "
-                            "separating on CPU", config.device, CUDA_EP)
-        self.session = ort.InferenceSession(config.model_path, providers=providers)
+        options = None if device_index is None else cuda_provider_options_from_env(os.environ, device_id=device_index)
+        self.session = ort.InferenceSession(config.model_path,
+                                            providers=onnx_providers(config.device, "separation", options))
         # ORT falls back to CPU silently when CUDA libraries are missing: the session's own list is the truth.
-        self.provider = self.session.get_providers()[0]
-        if device_index is not None and self.provider != CUDA_EP and len(providers) > 1:
-            log.warning("%s could not start (see onnxruntime's log): separating on CPU", CUDA_EP)
+        self.provider = require_onnx_device(self.session, config.device, "separation")
         on_gpu = self.provider == CUDA_EP and torch.cuda.is_available()
         self.torch_device = torch.device(f"cuda:{device_index}" if on_gpu else "cpu")
 

@@ -7,7 +7,6 @@ window, tiling, filterbank and device helpers are tested without them.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from emilia_pipe.dnsmos import (
     WINDOW_SAMPLES,
     Dnsmos,
     DnsmosConfig,
-    _providers,
     log_mel,
     mel_filterbank,
     tile_to_window,
@@ -157,19 +155,22 @@ def test_log_mel_matches_the_p808_input_shape():
     assert feats.min() >= -1.0 - 1e-6
 
 
-def test_cuda_falls_back_to_cpu_without_the_provider(monkeypatch: pytest.MonkeyPatch, caplog):
+def test_cuda_without_the_provider_is_an_error_not_a_cpu_run(monkeypatch: pytest.MonkeyPatch):
     import onnxruntime as ort
 
+    from emilia_pipe.devices import DeviceError, onnx_providers
+
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="emilia_pipe.dnsmos"):
-        assert _providers("cuda:1") == ["CPUExecutionProvider"]
-    assert "no CUDA provider" in caplog.text
+    with pytest.raises(DeviceError, match="dnsmos: device 'cuda:1' was requested but this onnxruntime .* has no "
+                                          "CUDAExecutionProvider"):
+        onnx_providers("cuda:1", "dnsmos")
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert _providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert _providers("CUDA") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert onnx_providers("cuda:1", "dnsmos") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert onnx_providers("CUDA", "dnsmos") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert onnx_providers("cpu", "dnsmos") == ["CPUExecutionProvider"]
     for bad in ["gpu", "cuda:x", "tpu:0"]:
-        with pytest.raises(ValueError, match="expected cpu, cuda or cuda:N"):
-            _providers(bad)
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+            onnx_providers(bad, "dnsmos")
 
 
 def test_device_from_env():

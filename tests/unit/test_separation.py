@@ -16,8 +16,8 @@ import soxr
 from onnx import TensorProto, helper, numpy_helper
 
 from emilia_pipe import audio as audio_io
+from emilia_pipe.devices import CPU_EP
 from emilia_pipe.separation import (
-    CPU_EP,
     DIM_F,
     DIM_T,
     MODEL_SR,
@@ -227,15 +227,15 @@ def test_config_rejects_bad_settings(kwargs: dict) -> None:
         SeparationConfig("model.onnx", **kwargs)
 
 
-def test_cuda_without_cuda_runtime_falls_back_to_cpu(tiny_model: str, caplog: pytest.LogCaptureFixture) -> None:
-    """CI and CPU pods have the CPU onnxruntime: asking for CUDA must still separate, and say why it is slow."""
+def test_cuda_without_cuda_runtime_is_an_error_not_a_slow_cpu_run(tiny_model: str) -> None:
+    """CI and CPU pods have the CPU onnxruntime: asking for CUDA there is a configuration error that names the fix."""
     import onnxruntime as ort
+
+    from emilia_pipe.devices import DeviceError
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    with caplog.at_level(logging.WARNING, logger="emilia_pipe.separation"):
-        separator = MdxSeparator(SeparationConfig(tiny_model, device="cuda:0"))
-    assert separator.provider == CPU_EP
-    assert str(separator.torch_device) == "cpu"
-    assert "CPU" in caplog.text
-    assert separator.vocals(np.zeros(SR, dtype=np.float32), SR).shape == (SR,)
+    with pytest.raises(DeviceError, match=r"separation: device 'cuda:0' was requested .* \(install onnxruntime-gpu"):
+        MdxSeparator(SeparationConfig(tiny_model, device="cuda:0"))
+    separator = MdxSeparator(SeparationConfig(tiny_model, device="cpu"))
+    assert separator.provider == CPU_EP and str(separator.torch_device) == "cpu"
