@@ -531,7 +531,8 @@ class _BatchRun:
         item = self.items[task.episode_id]
         if kind == "started":
             self._mark(task.episode_id, "started")
-            self.emit(EpisodeStarted(f"episode {task.episode_id} started on {label} (attempt {task.attempt})",
+            self.emit(EpisodeStarted(f"episode {task.episode_id} started on {label} (pid {worker.pid}, "
+                                     f"attempt {task.attempt})",
                                      episode_id=task.episode_id, worker=label, pid=worker.pid or 0,
                                      attempt=task.attempt))
             return
