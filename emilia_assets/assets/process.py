@@ -19,6 +19,7 @@ from pydantic import Field
 
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.partitions import episode_batches
+from emilia_assets.pools import GPU_POOL
 from emilia_pipe.audio import AudioError
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA, segment_rows
@@ -58,6 +59,7 @@ def _publish_episode(store: ObjectStore, processed_prefix: str, out_dir: Path, l
 @dg.asset(
     partitions_def=episode_batches,
     deps=[raw_episodes],
+    pool=GPU_POOL,  # one slot = one 8-GPU pod; with run granularity the pool caps concurrent GPU runs
     group_name="process",
     kinds={"pytorch", "parquet"},
     description="Segments of every episode of the batch: processed/<language>/<episode_id>/ (MP3 + all_segments.json).",
