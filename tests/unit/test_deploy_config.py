@@ -74,6 +74,7 @@ def rendered_instance_settings(v: dict) -> dict:
             "username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
             "hostname": f"{RELEASE}-postgresql" if pg["enabled"] else pg["postgresqlHost"],
             "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"], "params": pg["postgresqlParams"],
+            **({"scheme": pg["postgresqlScheme"]} if pg.get("postgresqlScheme") else {}),
         },
         # _run-coordinator.tpl renders `config:` (with max_concurrent_runs: -1) once any value is non-empty.
         "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
