@@ -11,4 +11,6 @@ COPY workspace.yaml dagster_cloud.yaml ./
 RUN pip install --no-cache-dir .
 ENV PYANNOTE_METRICS_ENABLED=false DAGSTER_HOME=/opt/dagster/dagster_home
 EXPOSE 3030
+# One image, two code locations: this CMD serves emilia_forge; the GPU location's server runs the same image with
+# `-m emilia_assets.gpu_definitions` (deploy/values.yaml sets both through the Helm chart's dagsterApiGrpcArgs).
 CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "3030", "-m", "emilia_assets.definitions"]
