@@ -65,8 +65,8 @@ def test_demo_runs_samples_to_shards_through_the_daemon(tmp_path, tiny_models):
            "EMILIA_MODELS_DIR": str(tiny_models), "ASR_LANGUAGE": "en"}  # what `make demo` sets
     for name in ("R2_BUCKET", "EMILIA_STAGES"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "300"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "600"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=700)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shard: " in proc.stdout
     assert len(list((tmp_path / "data/shards/en").glob("*.tar"))) == 1
