@@ -64,5 +64,7 @@ USER emilia
 # Imports every stage and lists what the GPU libraries see; fails when a configured CUDA stage cannot be had.
 HEALTHCHECK --interval=10m --timeout=2m --start-period=1m CMD ["emilia-forge", "doctor"]
 EXPOSE 3030
+# One image, two code locations: this CMD serves emilia_forge; the GPU location's server runs the same image with
+# `-m emilia_assets.gpu_definitions` (deploy/values.yaml sets both through the Helm chart's dagsterApiGrpcArgs).
 ENTRYPOINT ["tini", "--", "dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "3030"]
 CMD ["-m", "emilia_assets.definitions"]

@@ -1,4 +1,7 @@
-"""The code location's one entry point.
+"""The CPU code location (`emilia_forge`): sources, ingest, probing (raw_episodes) and publishing (hf_shards).
+
+processed_segments lives in the GPU location, `emilia_assets.gpu_definitions` (`emilia_gpu`), which imports the
+resource builders below; the two locations meet in the instance through asset keys and the "episode_batches" set.
 
 Resources come from the environment: with `R2_BUCKET` unset everything runs on the embedded default (a local
 directory store under `EMILIA_LOCAL_STORE`, default ./data); with it set, S3/R2 with credentials read through
@@ -12,17 +15,15 @@ import os
 import dagster as dg
 
 from emilia_assets.assets.ingest import raw_episodes
-from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.assets.sources import podcast_episodes, youtube_audio
-from emilia_assets.jobs import emilia_job, podcast_ingest_job, publish_job, youtube_ingest_job
+from emilia_assets.jobs import podcast_ingest_job, probe_job, publish_job, youtube_ingest_job
 from emilia_pipe.settings import ALL_STAGES
 from resources.batching import BatchingResource
 from resources.gpu_pool import GpuPoolResource
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
-from sensors.gpu_courtesy import build_gpu_courtesy_sensor
 from sensors.publish import publish_sensor
 from sensors.raw_audio import raw_audio_sensor
 from sensors.sources import refresh_podcasts_schedule, refresh_youtube_schedule, sources_sensor
@@ -85,15 +86,14 @@ def gpu_pool_from_env() -> GpuPoolResource:
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[podcast_episodes, youtube_audio, raw_episodes, processed_segments, hf_shards],
-        jobs=[emilia_job, publish_job, podcast_ingest_job, youtube_ingest_job],
-        sensors=[raw_audio_sensor, publish_sensor, sources_sensor, build_gpu_courtesy_sensor(emilia_job)],
+        assets=[podcast_episodes, youtube_audio, raw_episodes, hf_shards],
+        jobs=[probe_job, publish_job, podcast_ingest_job, youtube_ingest_job],
+        sensors=[raw_audio_sensor, publish_sensor, sources_sensor],
         schedules=[refresh_podcasts_schedule, refresh_youtube_schedule],
         resources={
             "store": object_store_from_env(),
             "batching": batching_from_env(),
             "pipe": pipe_from_env(),
-            "gpu_pool": gpu_pool_from_env(),
             "hf": HuggingFaceResource(
                 repo_id=_env("HF_REPO_ID", ""),
                 token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else "",

@@ -1,8 +1,8 @@
 """`make demo`: bundled sample episodes through the real Dagster machinery, on the embedded default.
 
-Seeds `raw_audio/` of the local store with `samples/*.mp3`, turns on `raw_audio_sensor` and `publish_sensor`, runs
-`dagster-daemon` (sensor ticks -> batch partitions -> queued runs -> the run launcher; the batch's processed
-segments -> its publish run), waits for every run to finish and prints
+Seeds `raw_audio/` of the local store with `samples/*.mp3`, turns on the chain's three sensors, runs
+`dagster-daemon` (sensor ticks -> batch partitions -> a probe run per batch -> its GPU run in the emilia_gpu location
+-> its publish run), waits for every run to finish and prints
 where the shards are. Reused by the integration tests with an S3 store instead.
 """
 
@@ -40,22 +40,38 @@ def seed_local(store_root: Path, language: str = "en", source: str = "samples") 
     return out
 
 
-def dagster_cli(*args: str, env: dict[str, str] | None = None) -> None:
-    exe = Path(sys.executable).with_name("dagster")
-    subprocess.run([str(exe), *args, "-w", str(ROOT / "workspace.yaml")], check=True, cwd=ROOT, env=env,
-                   stdout=subprocess.DEVNULL)
+# sensor -> its code location
+SENSORS = {"raw_audio_sensor": "emilia_forge", "gpu_batch_sensor": "emilia_gpu", "publish_sensor": "emilia_forge"}
+# The chain has three sensor hops; ticks every 5 s keep the demo short (production: 30 s).
+DEMO_SENSOR_INTERVALS = {"GPU_BATCH_SENSOR_INTERVAL_S": "5", "PUBLISH_SENSOR_INTERVAL_S": "5"}
 
 
-SENSORS = ("raw_audio_sensor", "publish_sensor")
+def set_sensors(running: bool) -> None:
+    """Start (or stop) every sensor of SENSORS with one load of the workspace: `dagster sensor start` loads every
+    code location of workspace.yaml on each call, which costs tens of seconds per sensor on a small machine."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    with (
+        DagsterInstance.get() as instance,
+        WorkspaceProcessContext(instance, WorkspaceFileTarget([str(ROOT / "workspace.yaml")])) as context,
+    ):
+        request = context.create_request_context()
+        for name, location in SENSORS.items():
+            (repo,) = request.get_code_location(location).get_repositories().values()
+            sensor = repo.get_sensor(name)
+            if running:
+                instance.start_sensor(sensor)
+            else:
+                instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
 
 
 def run_daemon_until(
     expect: dict[str, int], timeout_s: float = 900, env: dict[str, str] | None = None, log=print
 ) -> list[dg.DagsterRun]:
     """Start the sensors and the daemon; return once `expect[job]` runs of each job have finished."""
-    env = {**os.environ, **(env or {})}
-    for sensor in SENSORS:
-        dagster_cli("sensor", "start", sensor, env=env)
+    env = {**DEMO_SENSOR_INTERVALS, **os.environ, **(env or {})}
+    set_sensors(running=True)
     daemon = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -85,8 +101,7 @@ def run_daemon_until(
             daemon.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
-        for sensor in SENSORS:
-            dagster_cli("sensor", "stop", sensor, env=env)
+        set_sensors(running=False)
 
 
 def main() -> int:
@@ -99,7 +114,8 @@ def main() -> int:
     seeded = seed_local(store_root)
     print(f"seeded {len(seeded)} sample episodes into {store_root / 'raw_audio'}")
     with DagsterInstance.get() as instance:
-        before = {job: len(instance.get_runs(dg.RunsFilter(job_name=job))) for job in ("emilia_job", "publish_job")}
+        before = {job: len(instance.get_runs(dg.RunsFilter(job_name=job)))
+                  for job in ("probe_job", "emilia_job", "publish_job")}
     runs = run_daemon_until({job: n + 1 for job, n in before.items()}, args.timeout)
     failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS]
     shards = sorted(store_root.glob("shards/*/*.tar"))

@@ -4,15 +4,27 @@ from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.partitions import episode_batches, podcast_feeds, youtube_sources
+from emilia_assets.placement import GPU_RUN_K8S_CONFIG, k8s_config_tags
 
-# One batch = one run = one GPU pod: probing and the Emilia pipe run in the same process, so models load once and
-# downloads are shared between the steps.
-emilia_job = dg.define_asset_job(
-    "emilia_job",
-    selection=dg.AssetSelection.assets(raw_episodes, processed_segments),
+# Probing a batch needs no GPU: its own run in the CPU location (emilia_forge), launched by raw_audio_sensor.
+probe_job = dg.define_asset_job(
+    "probe_job",
+    selection=dg.AssetSelection.assets(raw_episodes),
     partitions_def=episode_batches,
     executor_def=dg.in_process_executor,
-    description="Raw audio of one batch to processed segments: probe, then the Emilia pipe.",
+    description="Probe every file of one batch (duration, codec, rate) on a CPU pod.",
+)
+
+# One batch = one run = one GPU pod, in the GPU location (emilia_gpu), launched by gpu_batch_sensor once the batch's
+# probe has materialized. The location's container context already places every run of it on an 8-GPU pod (the UI's
+# Materialize included); the tag repeats it for deployments that configure placement per job (Dagster+).
+emilia_job = dg.define_asset_job(
+    "emilia_job",
+    selection=dg.AssetSelection.assets(processed_segments),
+    partitions_def=episode_batches,
+    executor_def=dg.in_process_executor,
+    tags=k8s_config_tags(GPU_RUN_K8S_CONFIG),
+    description="The Emilia pipe over one probed batch, on an 8-GPU pod.",
 )
 
 # Publishing needs no GPU: its own run (launched by publish_sensor once a batch's segments are done), so a slow or

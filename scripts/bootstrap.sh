@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+# PostgreSQL server binaries: the test of the Helm deployment's Postgres-backed daemon starts its own server.
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null || need+=(postgresql)
 if [ "${EMILIA_BROWSER_TESTS:-0}" = "1" ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"

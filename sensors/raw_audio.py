@@ -8,7 +8,7 @@ import os
 
 import dagster as dg
 
-from emilia_assets.jobs import emilia_job
+from emilia_assets.jobs import probe_job
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.batching import (
     ScanCursor,
@@ -24,9 +24,9 @@ from resources.object_store import ObjectStoreResource
 
 
 @dg.sensor(
-    job=emilia_job,
+    job=probe_job,
     minimum_interval_seconds=int(os.environ.get("RAW_AUDIO_SENSOR_INTERVAL_S", "30")),
-    description="Pages through raw_audio/ a few list calls per tick and launches one run per new batch.",
+    description="Pages through raw_audio/ a few list calls per tick and launches one probe run per new batch.",
 )
 def raw_audio_sensor(
     context: dg.SensorEvaluationContext, store: ObjectStoreResource, batching: BatchingResource

@@ -11,20 +11,29 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from emilia_assets import gpu_definitions
 from emilia_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_definitions_are_loadable_and_complete():
-    d = defs()
+    d, gpu = defs(), gpu_definitions.defs()
     dg.Definitions.validate_loadable(d)
-    def assets_of(job: str) -> set[str]:
-        return {k.to_user_string() for k in d.resolve_job_def(job).asset_layer.executable_asset_keys}
+    dg.Definitions.validate_loadable(gpu)
 
-    assert assets_of("emilia_job") == {"raw_episodes", "processed_segments"}  # the GPU pod
-    assert assets_of("publish_job") == {"hf_shards"}  # no GPU
-    assert d.resolve_sensor_def("raw_audio_sensor").job_name == "emilia_job"
+    def assets_of(defs_: dg.Definitions, job: str) -> set[str]:
+        return {k.to_user_string() for k in defs_.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    assert assets_of(d, "probe_job") == {"raw_episodes"}  # CPU pod
+    assert assets_of(d, "publish_job") == {"hf_shards"}  # CPU pod
+    assert assets_of(gpu, "emilia_job") == {"processed_segments"}  # the GPU pod, and nothing else of the chain
+    assert {k.to_user_string() for k in gpu.resolve_implicit_global_asset_job_def().asset_layer.executable_asset_keys
+            } == {"processed_segments"}  # what the UI's Materialize runs in the GPU location
+    assert "processed_segments" not in {k.to_user_string() for k in d.resolve_implicit_global_asset_job_def()
+                                        .asset_layer.executable_asset_keys}
+    assert d.resolve_sensor_def("raw_audio_sensor").job_name == "probe_job"
+    assert gpu.resolve_sensor_def("gpu_batch_sensor").job_name == "emilia_job"
     assert d.resolve_sensor_def("publish_sensor").job_name == "publish_job"
     assert d.resolve_sensor_def("gpu_courtesy_sensor").job_name == "emilia_job"  # re-queues batches there
 
@@ -57,8 +66,8 @@ def test_demo_runs_samples_to_shards_through_the_daemon(tmp_path, tiny_models):
            "EMILIA_MODELS_DIR": str(tiny_models), "ASR_LANGUAGE": "en"}  # what `make demo` sets
     for name in ("R2_BUCKET", "EMILIA_STAGES"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "300"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "600"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=700)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shard: " in proc.stdout
     assert len(list((tmp_path / "data/shards/en").glob("*.tar"))) == 1

@@ -64,9 +64,9 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
 @dg.asset(
     partitions_def=episode_batches,
     deps=[raw_episodes],
+    pool=GPU_POOL,  # one slot = one 8-GPU pod; with run granularity the pool caps concurrent GPU runs
     group_name="process",
     kinds={"pytorch", "parquet"},
-    pool=GPU_POOL,
     description="Segments of every episode of the batch: processed/<language>/<episode_id>/ (MP3 + all_segments.json).",
 )
 def processed_segments(

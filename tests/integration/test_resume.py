@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from emilia_assets.assets.ingest import raw_episodes
 from resources.object_store import ObjectStoreResource
 from tests.integration.helpers import SAMPLES, batch_from_sensor, materialize_batch, metadata
 
@@ -43,11 +44,12 @@ def test_killed_run_resumes_only_unfinished_episodes(tmp_path):
     store = ObjectStoreResource(local_root=str(root))
     with instance_at(home) as instance:
         (batch,) = batch_from_sensor(instance, store)
+        materialize_batch(instance, store, batch, selection=[raw_episodes])  # the probe (a CPU run in production)
 
-    # The real CLI in a child process, killed with SIGKILL once the first episode is complete.
+    # The real CLI on the GPU location in a child process, killed with SIGKILL once the first episode is complete.
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "emilia_assets.definitions",
-         "--select", "raw_episodes,processed_segments", "--partition", batch],
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "emilia_assets.gpu_definitions",
+         "--select", "processed_segments", "--partition", batch],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     markers = root / "processed/_episodes"

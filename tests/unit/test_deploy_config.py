@@ -1,0 +1,186 @@
+"""deploy/ (Helm values + the instance config it renders), dagster_cloud.yaml and the GPU job's tag agree, and parse.
+
+There is no `helm` here, so `rendered_instance_settings` restates, for the keys this deployment sets, what the
+dagster/dagster chart's templates (configmap-instance.yaml and helpers/instance/*.tpl) make of values.yaml; the test
+compares that with deploy/dagster.yaml, which Dagster itself then loads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.instance.config import dagster_instance_config
+from dagster_k8s import K8sRunLauncher
+from dagster_k8s.container_context import K8sContainerContext
+
+from emilia_assets import gpu_definitions
+from emilia_assets.placement import (
+    CPU_CONTAINER_CONTEXT,
+    CPU_RUN_K8S_CONFIG,
+    GPU_CONTAINER_CONTEXT,
+    GPU_RUN_K8S_CONFIG,
+    K8S_CONFIG_TAG,
+)
+from emilia_assets.pools import GPU_POOL
+from tests.k8s_fixture import DEPLOY, ROOT, RecordingKubeApi, deploy_instance_config, sqlite_storage
+
+RELEASE, NAMESPACE = "dagster", "emilia"  # as deploy/README.md installs it
+
+
+def values() -> dict:
+    return yaml.safe_load((DEPLOY / "values.yaml").read_text())
+
+
+def deployments() -> dict[str, dict]:
+    return {d["name"]: d for d in values()["dagster-user-deployments"]["deployments"]}
+
+
+def container_context_of(deployment: dict) -> dict:
+    (var,) = [e for e in deployment["env"] if e["name"] == "DAGSTER_CONTAINER_CONTEXT"]
+    return json.loads(var["value"])
+
+
+def _names(refs: list[dict]) -> list[str]:
+    return [r["name"] for r in refs]
+
+
+def rendered_instance_settings(v: dict) -> dict:
+    """The chart's rendering of the instance keys this deployment relies on (see the module docstring)."""
+    launcher = v["runLauncher"]["config"]["k8sRunLauncher"]
+    pg = v["postgresql"]
+    mon = v["dagsterDaemon"]["runMonitoring"]
+    qrc = v["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    conc = v["concurrency"]
+    rendered = {
+        "run_launcher": {
+            "module": "dagster_k8s", "class": "K8sRunLauncher",
+            "config": {
+                "load_incluster_config": launcher["loadInclusterConfig"],
+                "job_namespace": launcher.get("jobNamespace") or NAMESPACE,
+                "image_pull_policy": launcher["imagePullPolicy"],
+                "service_account_name": RELEASE,  # dagster.serviceAccountName: the fullname by default
+                "dagster_home": v["global"]["dagsterHome"],
+                "instance_config_map": f"{RELEASE}-instance",
+                "postgres_password_secret": v["global"]["postgresqlSecretName"],
+                "env_config_maps": _names(launcher["envConfigMaps"]),
+                "env_secrets": _names(launcher["envSecrets"]),
+                "fail_pod_on_run_failure": launcher["failPodOnRunFailure"],
+            },
+        },
+        "postgres_db": {
+            "username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "hostname": f"{RELEASE}-postgresql" if pg["enabled"] else pg["postgresqlHost"],
+            "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"], "params": pg["postgresqlParams"],
+            **({"scheme": pg["postgresqlScheme"]} if pg.get("postgresqlScheme") else {}),
+        },
+        # _run-coordinator.tpl renders `config:` (with max_concurrent_runs: -1) once any value is non-empty.
+        "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
+                            **({"config": "rendered"} if any(qrc.values()) else {})},
+        "run_monitoring": {
+            "enabled": mon["enabled"], "start_timeout_seconds": mon["startTimeoutSeconds"],
+            "max_resume_run_attempts": mon["maxResumeRunAttempts"],
+            "poll_interval_seconds": mon["pollIntervalSeconds"],
+            "free_slots_after_run_end_seconds": mon["freeSlotsAfterRunEndSeconds"],
+        },
+        "telemetry": {"enabled": v["telemetry"]["enabled"]},
+    }
+    if conc["enabled"]:
+        rendered["concurrency"] = {
+            "pools": {"granularity": conc["pools"]["granularity"], "default_limit": conc["pools"]["defaultLimit"]},
+            "runs": {"max_concurrent_runs": conc["runs"]["maxConcurrentRuns"]},
+        }
+    return rendered
+
+
+def test_values_render_the_instance_config_in_deploy():
+    rendered, deployed = rendered_instance_settings(values()), deploy_instance_config()
+    assert rendered["run_launcher"] == deployed["run_launcher"]
+    assert rendered["run_coordinator"] == deployed["run_coordinator"]
+    assert rendered["run_monitoring"] == deployed["run_monitoring"]
+    assert rendered["concurrency"] == deployed["concurrency"]
+    assert rendered["telemetry"] == deployed["telemetry"]
+    for key in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert deployed[key]["config"]["postgres_db"] == rendered["postgres_db"], key
+
+
+def test_deployed_instance_config_passes_dagsters_schema(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0  # pool slots of killed pods come back
+    assert config["concurrency"]["pools"]["granularity"] == "run"  # a slot is a run (a GPU node), not an op
+
+
+def test_deployed_instance_loads_with_the_k8s_launcher_and_the_gpu_pool(tmp_path):
+    """The whole instance from deploy/dagster.yaml, storage swapped for SQLite and the launcher pointed at a
+    kubeconfig (it loads one when constructed)."""
+    with RecordingKubeApi() as api:
+        config = sqlite_storage(deploy_instance_config(), tmp_path / "storage")
+        config["run_launcher"]["config"].update(load_incluster_config=False,
+                                                kubeconfig_file=str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+        (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            launcher = instance.run_launcher
+            assert isinstance(launcher, K8sRunLauncher)
+            assert launcher.job_namespace == NAMESPACE
+            assert set(launcher.env_secrets) == {"r2-credentials", "hf-token"}
+            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+            pools = instance.get_concurrency_config().pool_config
+            assert pools.pool_granularity.value == "run"
+            assert pools.default_pool_limit == values()["concurrency"]["pools"]["defaultLimit"]
+            assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 64
+            assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
+
+
+def test_queued_run_coordinator_values_stay_empty_next_to_concurrency():
+    """A value under queuedRunCoordinator makes the chart render max_concurrent_runs: -1, which Dagster refuses next
+    to `concurrency.runs` ("incompatible with the concurrency > runs config")."""
+    config = deploy_instance_config()
+    config["run_coordinator"]["config"] = {"max_concurrent_runs": -1}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="concurrency > runs"):
+        from dagster._core.instance.config import validate_concurrency_config
+
+        validate_concurrency_config(config)
+    assert not any(values()["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"].values())
+
+
+def test_each_location_places_its_runs_and_the_gpu_one_alone_asks_for_gpus():
+    deps = deployments()
+    gpu, cpu = deps["emilia-gpu"], deps["emilia-forge"]
+    assert container_context_of(gpu) == GPU_CONTAINER_CONTEXT
+    assert container_context_of(cpu) == CPU_CONTAINER_CONTEXT
+    # The chart would otherwise replace our DAGSTER_CONTAINER_CONTEXT with its own (no node selector, no tolerations).
+    assert gpu["includeConfigInLaunchedRuns"] == {"enabled": False} == cpu["includeConfigInLaunchedRuns"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu) and "nvidia.com/gpu" not in json.dumps(gpu["resources"])
+    for ctx in (container_context_of(gpu), container_context_of(cpu)):
+        K8sContainerContext.create_from_config(ctx)  # Dagster accepts it
+
+
+def test_helm_locations_match_workspace_yaml():
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())["load_from"]
+    local = {e["python_module"]["location_name"]: e["python_module"]["module_name"] for e in workspace}
+    servers = values()["dagsterWebserver"]["workspace"]["servers"]
+    deps = deployments()
+    helm = {s["name"]: deps[s["host"]]["dagsterApiGrpcArgs"][1] for s in servers}
+    assert helm == local == {"emilia_forge": "emilia_assets.definitions", "emilia_gpu": "emilia_assets.gpu_definitions"}
+    assert all(deps[s["host"]]["port"] == s["port"] for s in servers)
+
+
+def test_dagster_cloud_yaml_places_the_same_way():
+    locations = {loc["location_name"]: loc for loc in yaml.safe_load((ROOT / "dagster_cloud.yaml").read_text())[
+        "locations"]}
+    assert set(locations) == {"emilia_forge", "emilia_gpu"}
+    assert locations["emilia_gpu"]["code_source"]["module_name"] == "emilia_assets.gpu_definitions"
+    assert locations["emilia_gpu"]["container_context"]["k8s"]["run_k8s_config"] == GPU_RUN_K8S_CONFIG
+    assert locations["emilia_forge"]["container_context"]["k8s"]["run_k8s_config"] == CPU_RUN_K8S_CONFIG
+    for loc in locations.values():
+        K8sContainerContext.create_from_config(loc["container_context"])
+
+
+def test_gpu_job_carries_the_gpu_placement_as_its_own_tag():
+    job = gpu_definitions.defs().resolve_job_def("emilia_job")
+    assert json.loads(job.tags[K8S_CONFIG_TAG]) == GPU_RUN_K8S_CONFIG
+    assert gpu_definitions.defs().resolve_assets_def("processed_segments").op.pool == GPU_POOL
+
