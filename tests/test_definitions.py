@@ -35,7 +35,7 @@ def test_definitions_are_loadable_and_complete():
     assert d.resolve_sensor_def("raw_audio_sensor").job_name == "probe_job"
     assert gpu.resolve_sensor_def("gpu_batch_sensor").job_name == "emilia_job"
     assert d.resolve_sensor_def("publish_sensor").job_name == "publish_job"
-    assert d.resolve_sensor_def("gpu_courtesy_sensor").job_name == "emilia_job"  # re-queues batches there
+    assert gpu.resolve_sensor_def("gpu_courtesy_sensor").job_name == "emilia_job"  # re-queues batches there
 
 
 def test_cli_validates_the_workspace():
