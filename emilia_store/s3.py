@@ -192,13 +192,24 @@ class S3Store:
     def _auth_message(self, operation: str, key: str, err: Any) -> str:
         info = err.response.get("Error", {})
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = info.get("Code") or str(status)
+        code = str(info.get("Code") or "")
         said = info.get("Message")
-        detail = f"{code} (HTTP {status})" + (f": {said}" if said and said != "None" else "")
+        # radosgw sends no message (botocore shows "None"), and a refused HEAD has no body: only the status
+        detail = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+        detail += f" ({said})" if said and said not in ("None", "Unknown") else ""
+        causes = {
+            "SignatureDoesNotMatch": "the secret does not belong to this access key id",
+            "InvalidAccessKeyId": "the server does not know this access key id",
+            "AccessDenied": f"the key may not {operation} in this bucket",
+        }
+        cause = causes.get(
+            code,
+            "the secret does not match the access key id, the key is unknown or disabled, "
+            f"or it may not {operation} in this bucket",
+        )
         return (
             f"the object store refused {operation} of {key!r} in bucket {self.bucket!r} at {self.endpoint or 'AWS'} "
-            f"with access key id {self.access_key_id or '(none)'!r}: {detail}. The secret does not match the access "
-            f"key id, the key is unknown or disabled, or it may not {operation} in this bucket; check "
+            f"with access key id {self.access_key_id or '(none)'!r}: {detail}. Likely {cause}; check "
             f"R2_ACCESS_KEY_ID/R2_SECRET_ACCESS_KEY (or the resource's credentials) and the key's permissions."
         )
 
