@@ -47,6 +47,11 @@ def object_store_from_env() -> ObjectStoreResource:
         secret_access_key=dg.EnvVar("R2_SECRET_ACCESS_KEY"),
         region_name=_env("R2_REGION", "auto"),
         key_prefix=_env("R2_KEY_PREFIX", ""),
+        checksums=_env("S3_CHECKSUMS", "auto"),
+        addressing_style=_env("S3_ADDRESSING_STYLE", "auto"),
+        retry_mode=_env("S3_RETRY_MODE", "standard"),
+        max_attempts=int(_env("S3_MAX_ATTEMPTS", "6")),
+        ca_bundle=_env("S3_CA_BUNDLE", ""),
         **common,
     )
 

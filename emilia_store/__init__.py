@@ -4,9 +4,18 @@ No Dagster import here or below: the cores (`emilia_pipe`, `emilia_sources`, `em
 `resources.object_store.ObjectStoreResource` only builds one from config.
 """
 
-from emilia_store.base import ListPage, ObjectInfo, ObjectStore, cached_copy, delete_prefix, iter_objects
+from emilia_store.base import (
+    ListPage,
+    ObjectInfo,
+    ObjectStore,
+    StoreAuthError,
+    cached_copy,
+    delete_prefix,
+    iter_objects,
+    next_position,
+)
 from emilia_store.local import LocalStore
-from emilia_store.s3 import S3Store
+from emilia_store.s3 import S3Settings, S3Store
 from emilia_store.tables import read_parquet, write_parquet
 
 __all__ = [
@@ -14,10 +23,13 @@ __all__ = [
     "LocalStore",
     "ObjectInfo",
     "ObjectStore",
+    "S3Settings",
     "S3Store",
+    "StoreAuthError",
     "cached_copy",
     "delete_prefix",
     "iter_objects",
+    "next_position",
     "read_parquet",
     "write_parquet",
 ]

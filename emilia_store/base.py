@@ -28,14 +28,30 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class ListPage:
+    """One listing call's answer. S3-compatible servers may return fewer keys than asked for, and even no keys with
+    `truncated` set (radosgw, or S3 itself over runs of deleted keys): only `truncated` says whether more follow, and
+    `token` is where to go on from, which the last key listed cannot always say."""
+
     objects: list[ObjectInfo]
-    truncated: bool  # more keys follow after the last one of this page
+    truncated: bool  # more keys may follow this page
+    token: str | None = None  # pass to `list_page(token=...)` to continue after this page; set when truncated
+
+
+class StoreAuthError(PermissionError):
+    """The store refused the credentials or the request: names the bucket, endpoint, access key id, operation and
+    key (never the secret), instead of botocore's `(403) ... Forbidden` or `SignatureDoesNotMatch ... None`."""
 
 
 class ObjectStore(Protocol):
     """What assets and sensors need from storage; keys are `/`-separated and relative to the store's root."""
 
-    def list_page(self, prefix: str, start_after: str | None = None, max_keys: int = 1000) -> ListPage: ...
+    def list_page(
+        self, prefix: str, start_after: str | None = None, max_keys: int = 1000, token: str | None = None
+    ) -> ListPage:
+        """Up to `max_keys` keys under `prefix` in byte order, after `start_after`, or after the page that returned
+        `token` (which then wins over `start_after`)."""
+        ...
+
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_file(self, key: str, path: Path) -> None: ...
@@ -45,14 +61,36 @@ class ObjectStore(Protocol):
     def describe(self) -> str: ...
 
 
-def iter_objects(store: ObjectStore, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-    """Every object under `prefix` in key order, one page at a time (for bounded prefixes; sensors page themselves)."""
+def iter_objects(
+    store: ObjectStore, prefix: str, start_after: str | None = None, page_size: int = 1000
+) -> Iterator[ObjectInfo]:
+    """Every object under `prefix` in key order, one page at a time (for bounded prefixes; sensors page themselves).
+
+    Short and empty pages do not end the walk; only a page that is not truncated does.
+    """
+    token: str | None = None
     while True:
-        page = store.list_page(prefix, start_after=start_after)
+        page = store.list_page(prefix, start_after=start_after, max_keys=page_size, token=token)
         yield from page.objects
-        if not page.truncated or not page.objects:
+        if not page.truncated:
             return
+        start_after, token = next_position(store, prefix, page, start_after, token)
+
+
+def next_position(
+    store: ObjectStore, prefix: str, page: ListPage, start_after: str | None, token: str | None
+) -> tuple[str | None, str | None]:
+    """Where the listing goes on after a truncated `page`: (start_after, token) for the next `list_page` call."""
+    if page.objects:
         start_after = page.objects[-1].key
+    if page.token is not None and page.token != token:
+        return start_after, page.token
+    if page.objects:
+        return start_after, None  # a backend without tokens: the last key is the position
+    raise RuntimeError(
+        f"{store.describe()} answered a listing of {prefix!r} with an empty page marked truncated and no new "
+        f"continuation token (after {start_after!r}); the listing cannot go on"
+    )
 
 
 def delete_prefix(store: ObjectStore, prefix: str) -> int:

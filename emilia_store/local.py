@@ -25,7 +25,12 @@ class LocalStore:
     def path(self, key: str) -> Path:
         return self.root / join(key)
 
-    def list_page(self, prefix: str, start_after: str | None = None, max_keys: int = 1000) -> ListPage:
+    def list_page(
+        self, prefix: str, start_after: str | None = None, max_keys: int = 1000, token: str | None = None
+    ) -> ListPage:
+        # A local token is simply the last key of the previous page.
+        if token is not None:
+            start_after = token
         # Walk only the directories that can hold keys with this prefix, in sorted order, stopping once the page
         # is full: a page costs O(page) stat calls, not O(tree).
         base_dir, _, _ = prefix.rpartition("/")
@@ -37,7 +42,7 @@ class LocalStore:
             if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                 continue
             if len(out) == max_keys:
-                return ListPage(out, True)
+                return ListPage(out, True, out[-1].key if out else start_after)
             st = (self.root / key).stat()
             out.append(ObjectInfo(key, st.st_size, max(st.st_mtime, st.st_ctime)))
         return ListPage(out, False)

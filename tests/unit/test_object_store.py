@@ -317,9 +317,9 @@ def test_iter_objects_walks_all_pages(any_store, monkeypatch: pytest.MonkeyPatch
     original = type(any_store).list_page
     calls: list[str | None] = []
 
-    def small_pages(self, prefix, start_after=None, max_keys=1000):
+    def small_pages(self, prefix, start_after=None, max_keys=1000, token=None):
         calls.append(start_after)
-        return original(self, prefix, start_after=start_after, max_keys=min(max_keys, 5))
+        return original(self, prefix, start_after=start_after, max_keys=min(max_keys, 5), token=token)
 
     monkeypatch.setattr(type(any_store), "list_page", small_pages)
     assert [o.key for o in iter_objects(any_store, "it/")] == keys
