@@ -1,6 +1,8 @@
 """`emilia-forge process` and a batch run are the same runner: the same file gives the same id and the same result."""
 
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,3 +99,27 @@ def test_the_cli_and_a_batch_run_agree_on_ids_failures_and_results(tmp_path, tin
             (s["id"], s["start"], s["end"], s["text"]) for s in batch_doc["segments"]]
     silence = by_file[str(dropped / "silence.wav")]
     assert silence["segments"] == 0
+
+
+def test_run_batch_processes_a_manifest_in_an_s3_bucket_from_the_environment(tmp_path, s3_env, s3_store):
+    """`emilia-forge run-batch` is the asset without Dagster: the same store variables, the same outputs."""
+    from emilia_pipe.batching import ScanCursor, scan_tick
+
+    for stem in ("monologue", "two_voices"):
+        s3_store.put_file(ROOT / f"samples/{stem}.mp3", f"raw_audio/en/show/{stem}.mp3")
+    (batch,) = scan_tick(s3_store, ScanCursor(), "raw_audio/").batches
+    env = {**os.environ, **s3_env, "EMILIA_STAGES": "", "EMILIA_WORK_DIR": str(tmp_path / "work")}
+    env.pop("EMILIA_MODELS_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "emilia_pipe", "run-batch", batch.batch_id, "--stages", ""],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert (summary["episodes"], summary["done"], summary["failed"]) == (2, 2, 0) and summary["segments"] > 0
+    assert "progress: 2/2 episodes" in proc.stderr
+    status = pl.read_parquet(io.BytesIO(s3_store.get_bytes(f"processed/_batches/{batch.batch_id}.parquet")))
+    assert status["status"].to_list() == ["done", "done"]
+    for eid in status["episode_id"]:
+        assert s3_store.exists(f"processed/_episodes/{eid}.json")
+    again = subprocess.run([sys.executable, "-m", "emilia_pipe", "run-batch", batch.batch_id, "--stages", ""],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert json.loads(again.stdout.splitlines()[-1])["resumed"] == 2
