@@ -1,7 +1,6 @@
 import dagster as dg
 
 from emilia_assets.assets.ingest import raw_episodes
-from emilia_assets.assets.process import processed_segments
 from emilia_assets.assets.publish import hf_shards
 from emilia_assets.partitions import episode_batches, podcast_feeds, youtube_sources
 from emilia_assets.placement import GPU_RUN_K8S_CONFIG, k8s_config_tags
@@ -20,7 +19,7 @@ probe_job = dg.define_asset_job(
 # Materialize included); the tag repeats it for deployments that configure placement per job (Dagster+).
 emilia_job = dg.define_asset_job(
     "emilia_job",
-    selection=dg.AssetSelection.assets(processed_segments),
+    selection=dg.AssetSelection.assets("processed_segments"),
     partitions_def=episode_batches,
     executor_def=dg.in_process_executor,
     tags=k8s_config_tags(GPU_RUN_K8S_CONFIG),

@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from emilia_assets.jobs import emilia_job
+from sensors.chain import next_runs
 
 RAW_EPISODES = dg.AssetKey("raw_episodes")
 
@@ -21,14 +22,4 @@ RAW_EPISODES = dg.AssetKey("raw_episodes")
     description="Launches the GPU run of each batch whose probe (raw_episodes) has just been materialized.",
 )
 def gpu_batch_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    after = int(context.cursor) if context.cursor else None
-    result = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_EPISODES, after_storage_id=after), limit=200, ascending=True
-    )
-    requests = [
-        dg.RunRequest(partition_key=r.partition_key, run_key=f"gpu-{r.partition_key}-{r.storage_id}")
-        for r in result.records
-        if r.partition_key
-    ]
-    cursor = str(max(r.storage_id for r in result.records)) if result.records else context.cursor
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
+    return next_runs(context, RAW_EPISODES, "gpu")

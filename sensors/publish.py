@@ -8,8 +8,11 @@ import os
 
 import dagster as dg
 
-from emilia_assets.assets.process import processed_segments
 from emilia_assets.jobs import publish_job
+from sensors.chain import next_runs
+
+# In the emilia_gpu location: known here by its key, so this location never imports the GPU code.
+PROCESSED_SEGMENTS = dg.AssetKey("processed_segments")
 
 
 @dg.sensor(
@@ -18,14 +21,4 @@ from emilia_assets.jobs import publish_job
     description="Publishes each batch whose processed_segments has just been materialized.",
 )
 def publish_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    after = int(context.cursor) if context.cursor else None
-    result = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=processed_segments.key, after_storage_id=after), limit=200, ascending=True
-    )
-    requests = [
-        dg.RunRequest(partition_key=r.partition_key, run_key=f"publish-{r.partition_key}-{r.storage_id}")
-        for r in result.records
-        if r.partition_key
-    ]
-    cursor = str(max(r.storage_id for r in result.records)) if result.records else context.cursor
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
+    return next_runs(context, PROCESSED_SEGMENTS, "publish")

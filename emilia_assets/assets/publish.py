@@ -12,7 +12,6 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from emilia_assets.assets.process import processed_segments
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.shards import Sample, plan_shards, write_shard
 from emilia_publish.card import render_card
@@ -78,7 +77,7 @@ def release_index(store: ObjectStore) -> pl.DataFrame:
 
 @dg.asset(
     partitions_def=episode_batches,
-    deps=[processed_segments],
+    deps=[dg.AssetKey("processed_segments")],  # in the emilia_gpu location
     group_name="publish",
     kinds={"python", "huggingface"},
     description="WebDataset shards of the batch (shards/<language>/<batch>-<n:05d>.tar), its Parquet index, the "
