@@ -16,17 +16,20 @@ them, each a bounded number of reads per tick whatever the number of batches in 
 - a tick whose cursor was never committed (the process died, the daemon lost the result) is retried from the same
   cursor; it finds its own record and replays it instead of batching the same keys again;
 - the next sweep walks the same keys in the same order, so it reads the previous sweep's records alongside, a few
-  per tick (`ScanCursor.prev_next` is its position among them), and skips the carried keys.
+  per tick (`ScanCursor.prev_next` is its position among them), and skips the carried keys, each at the version
+  it was batched at: an object whose content changed since (a new ETag, or a new size or mtime locally) is batched
+  again, as a new episode (`episode_id_for_key` covers the version).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any
 
 import polars as pl
 
@@ -48,6 +51,7 @@ MANIFEST_SCHEMA = {
     "bytes": pl.Int64,
     "source": pl.String,
     "modified": pl.Float64,
+    "version": pl.String,  # ObjectInfo.version: part of the episode id; the release keeps the newest per key
 }
 
 
@@ -134,21 +138,25 @@ class TickRecord:
     start_cursor: str  # the cursor the tick started from: a retry starts from the same one
     start: str | None  # the tick walked the keys after this one (None: from the beginning) ...
     end: str | None  # ... up to and including this one (None: to the end)
-    carry: list[str]  # keys in that range batched by now and modified at/after the next sweep's `since`
+    # Keys in that range batched by now and modified at/after the next sweep's `since`, each as [key, version]: the
+    # next sweep skips that version only, so content that changes under a batched key is batched again. (A bare key,
+    # from a record written before versions, skips the key whatever its version.)
+    carry: list[Any]
     batches: list[Batch]
     cursor: str  # the cursor the tick returned
 
     def dumps(self) -> bytes:
         doc = asdict(self)
         doc["batches"] = [
-            {"id": b.batch_id, "objects": [[o.key, o.size, o.modified] for o in b.objects]} for b in self.batches
+            {"id": b.batch_id, "objects": [[o.key, o.size, o.modified, o.etag] for o in b.objects]}
+            for b in self.batches
         ]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, data: bytes) -> TickRecord:
         doc = json.loads(data)
-        doc["batches"] = [Batch(b["id"], [ObjectInfo(k, s, m) for k, s, m in b["objects"]]) for b in doc["batches"]]
+        doc["batches"] = [Batch(b["id"], [ObjectInfo(*o) for o in b["objects"]]) for b in doc["batches"]]
         return cls(**doc)
 
 
@@ -187,12 +195,13 @@ def group(objects: list[ObjectInfo], limits: BatchLimits, now: float) -> list[Ba
 def manifest_frame(batch: Batch, raw_prefix: str) -> pl.DataFrame:
     rows = [
         {
-            "episode_id": episode_id_for_key(o.key),
+            "episode_id": episode_id_for_key(o.key, o.version),
             "audio_key": o.key,
             "language": language_of_raw_key(o.key, raw_prefix),
             "bytes": o.size,
             "source": source_of_raw_key(o.key, raw_prefix),
             "modified": o.modified,
+            "version": o.version,
         }
         for o in batch.objects
     ]
@@ -261,6 +270,11 @@ def _replay(store: ObjectStore, record: TickRecord, raw_prefix: str) -> TickResu
     return TickResult(ScanCursor.loads(record.cursor), record.batches, 0, [], replayed=True)
 
 
+def _carried(entries: Iterable[Any]) -> Iterable[Any]:
+    """A record's carry as set members: (key, version) pairs, or a bare key from a record without versions."""
+    return (e if isinstance(e, str) else (e[0], e[1]) for e in entries)
+
+
 def _previous_carry(
     store: ObjectStore, cursor: ScanCursor, end: str | None, scan: ScanLimits
 ) -> tuple[set[str], int, str | None]:
@@ -270,7 +284,7 @@ def _previous_carry(
     start_after = prefix + f"t{cursor.prev_next - 1:08d}.json" if cursor.prev_next > 0 else None
     limit = scan.max_records_per_tick
     names = [o.key for o in islice(iter_objects(store, prefix, start_after, page_size=limit + 1), limit + 1)]
-    carry: set[str] = set()
+    carry: set[Any] = set()
     next_record = cursor.prev_next
     last_end: str | None = None
     for i, name in enumerate(names):
@@ -282,7 +296,7 @@ def _previous_carry(
             raise ValueError(f"{store.describe()}: tick record {name} was listed but cannot be read")
         if end is not None and record.start is not None and record.start >= end:
             return carry, number, None  # starts after this tick's keys
-        carry.update(record.carry)
+        carry.update(_carried(record.carry))
         if record.end is None or (end is not None and record.end > end):
             return carry, number, None  # goes on past this tick's keys: read it again next tick
         next_record, last_end = number + 1, record.end
@@ -330,7 +344,7 @@ def scan_tick(
     listed = [o.key for o in objects]
 
     # Keys the previous sweep batched (or carried) that are recent enough to be candidates again.
-    skip: set[str] = set()
+    skip: set[Any] = set()  # bare keys (any version) and (key, version) pairs
     next_record = cur.prev_next
     if objects and cur.since is not None and cur.prev_sweep is not None:
         skip, next_record, cut = _previous_carry(store, cur, None if reached_end else after, scan)
@@ -343,19 +357,19 @@ def scan_tick(
 
     since_next = cur.sweep_started - scan.clock_skew_s
     candidates: list[ObjectInfo] = []
-    carry: list[str] = []
+    carry: list[list[str]] = []
     for obj in objects:
         if not is_audio_key(obj.key):
             continue
-        if obj.key in skip:
+        if obj.key in skip or (obj.key, obj.version) in skip:
             if obj.modified >= since_next:
-                carry.append(obj.key)
+                carry.append([obj.key, obj.version])
             continue
         if cur.since is not None and obj.modified < cur.since:
             continue
         candidates.append(obj)
         if obj.modified >= since_next:
-            carry.append(obj.key)
+            carry.append([obj.key, obj.version])
     batches = group(candidates, limits, now()) if candidates else []
 
     if reached_end:

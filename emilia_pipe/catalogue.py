@@ -7,6 +7,7 @@ episode's `all_segments.json`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
@@ -42,13 +43,50 @@ SEGMENT_SCHEMA = {
     "dnsmos_bak": pl.Float64,
     "dnsmos_ovrl": pl.Float64,
     "mp3_key": pl.String,
+    # Provenance (emilia_pipe.provenance), null for episodes processed before it was recorded:
+    "model_set": pl.String,  # id of the model-set description in `models`
+    "model_kind": pl.String,  # hub | cached | tiny | none (no model stage ran)
+    "models": pl.String,  # the model set as JSON: per model its name, revision and sha256
+    "code_version": pl.String,
+    # From the ingest sidecar next to the raw audio, null when there is none:
+    "license": pl.String,
+    "source_url": pl.String,
 }
+
+
+def sidecar_license(meta: dict[str, Any] | None) -> str | None:
+    """The licence an ingest sidecar states (YouTube's `license`, a feed's `<copyright>`), if any."""
+    meta = meta or {}
+    value = meta.get("license") or meta.get("copyright") or meta.get("rights")
+    text = str(value).strip() if value else ""
+    return text or None
+
+
+def sidecar_url(meta: dict[str, Any] | None) -> str | None:
+    """Where the source lives: the feed, or the channel/playlist as registered."""
+    meta = meta or {}
+    return meta.get("feed_url") or meta.get("source_url") or meta.get("channel_url") or None
+
+
+def provenance_columns(episode: dict[str, Any]) -> dict[str, Any]:
+    """The per-segment provenance and licence columns, from an all_segments.json `episode` block."""
+    prov = episode.get("provenance") or {}
+    model_set = prov.get("model_set") or {}
+    models = {k: v for k, v in model_set.items() if k != "id"}
+    side = episode.get("source_metadata")
+    return {
+        "model_set": model_set.get("id"), "model_kind": model_set.get("kind"),
+        "models": json.dumps(models, sort_keys=True) if model_set else None,
+        "code_version": prov.get("code_version"),
+        "license": sidecar_license(side), "source_url": sidecar_url(side),
+    }
 
 
 def segment_rows(processed_prefix: str, batch_id: str, ep: dict[str, Any], done: dict[str, Any],
                  doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Catalogue rows of one finished episode, from its all_segments.json document."""
     prefix = episode_dir(processed_prefix, done["language"], ep["episode_id"])
+    extra = provenance_columns(doc.get("episode") or {})
     rows = []
     for seg in doc["segments"]:
         dnsmos = seg.get("dnsmos") or {}
@@ -58,5 +96,6 @@ def segment_rows(processed_prefix: str, batch_id: str, ep: dict[str, Any], done:
             "duration": seg["duration"], "text": seg.get("text", ""),
             "language_probability": seg.get("language_probability"), "dnsmos_sig": dnsmos.get("sig"),
             "dnsmos_bak": dnsmos.get("bak"), "dnsmos_ovrl": dnsmos.get("ovrl"), "mp3_key": prefix + seg["wav"],
+            **extra,
         })
     return rows

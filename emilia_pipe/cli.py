@@ -54,7 +54,7 @@ def _print_event(event) -> None:
 def _process(args: argparse.Namespace) -> int:
     from emilia_pipe.batching import Batch, manifest_frame, new_batch_id
     from emilia_pipe.runner import Episode, run_batch
-    from emilia_store import LocalStore, ObjectInfo
+    from emilia_store import LocalStore
 
     root = Path(args.root or os.getcwd()).resolve()
     objects = []
@@ -66,8 +66,8 @@ def _process(args: argparse.Namespace) -> int:
         if root not in path.parents:
             print(f"FAILED {file}: outside --root {root} (its key is its path relative to the root)", file=sys.stderr)
             return 2
-        st = path.stat()
-        objects.append(ObjectInfo(path.relative_to(root).as_posix(), st.st_size, max(st.st_mtime, st.st_ctime)))
+        # as a store rooted there lists it (size, time, ETag): the same episode id as a batch would give
+        objects.append(LocalStore(root).head(path.relative_to(root).as_posix()))
     raw_prefix = os.environ.get("RAW_AUDIO_PREFIX") or "raw_audio/"
     batch = Batch(new_batch_id(objects, time.time()), objects)
     episodes = [Episode.from_row(r) for r in manifest_frame(batch, raw_prefix).iter_rows(named=True)]

@@ -48,9 +48,16 @@ def source_of_raw_key(key: str, raw_prefix: str) -> str:
     return slug(parts[-2]) if len(parts) >= 3 else "dropped"
 
 
-def episode_id_for_key(key: str) -> str:
-    """Readable and unique: the file's stem made safe, plus a hash of the whole key (two feeds may share ep1.mp3)."""
-    return f"{slug(PurePosixPath(key).stem)}-{short_hash(key)}"
+def episode_id_for_key(key: str, version: str | None = None) -> str:
+    """Readable and unique: the file's stem made safe, plus a hash of the whole key (two feeds may share ep1.mp3)
+    and of the object's version (its ETag, or size and modification time: `ObjectInfo.version`).
+
+    An episode is one version of an object: when the content under a key changes, the new content is a new episode
+    (new id, new completion marker, new segments) and the release replaces the old one's segments with it
+    (emilia_publish.release). `version=None` gives the id of the key alone, as manifests written before versions.
+    """
+    ident = key if version is None else f"{key}\n{version}"
+    return f"{slug(PurePosixPath(key).stem)}-{short_hash(ident)}"
 
 
 def safe_language(language: str | None) -> str:

@@ -41,6 +41,9 @@ class PipeConfig:
     diarization: DiarizationConfig | None = None
     asr: AsrConfig | None = None
     dnsmos: DnsmosConfig | None = None
+    # What made the output (emilia_pipe.provenance.pipe_provenance): written into every episode's metadata, so
+    # each segment records its model set and code version. None: not recorded (a config built by hand).
+    provenance: dict[str, Any] | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -144,6 +147,8 @@ class EmiliaPipeline:
             segments.append(seg)
         meta = {"episode_id": episode_id, "duration": round(duration, 3), "language": language,
                 "stages": cfg.stages, "dropped": dropped}
+        if cfg.provenance is not None:
+            meta["provenance"] = cfg.provenance
         meta.update(episode_meta or {})
         files = timed("export", write_episode, out_dir, vocals, sr, segments, meta, cfg.mp3_bitrate_kbps)
         return EpisodeResult(episode_id, language, duration, segments, dropped, timings, files)

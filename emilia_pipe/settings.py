@@ -91,7 +91,10 @@ def build_pipe_config(
             p808_path=resolve_file(models.dnsmos_p808) if models.dnsmos_p808 else None,
             device=os.environ.get("DNSMOS_DEVICE") or device,
         )
+    from emilia_pipe.provenance import pipe_provenance
+
     return PipeConfig(
+        provenance=pipe_provenance(models, list(stages), whisper_model),
         target_dbfs=target_dbfs,
         mp3_bitrate_kbps=mp3_bitrate_kbps,
         vad=vad or VadConfig(),

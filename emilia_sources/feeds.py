@@ -56,6 +56,7 @@ class Feed:
     description: str
     link: str | None
     entries: list[Entry]
+    rights: str | None = None  # the channel's <copyright>: the licence the release states for the feed
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def parse_feed(content: bytes, url: str) -> Feed:
         description=(meta.get("summary") or meta.get("subtitle") or "").strip(),
         link=meta.get("link") or None,
         entries=entries,
+        rights=(meta.get("rights") or "").strip() or None,
     )
 
 

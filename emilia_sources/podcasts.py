@@ -87,6 +87,7 @@ def _sidecar(feed: Feed, source: FeedSource, source_id: str, language: str | Non
         "feed_url": source.url,
         "feed_title": feed.title,
         "author": feed.author,
+        "license": feed.rights,
         "language": language,
         "categories": feed.categories or list(source.categories),
         "explicit": entry.explicit if entry.explicit is not None else feed.explicit,

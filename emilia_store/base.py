@@ -4,6 +4,10 @@ No Dagster here (the `resources.object_store` resource only builds a store from 
 `LocalStore` (a directory, the embedded default) and `S3Store` (S3, R2 or any S3-compatible server). Both make a
 write visible only once it is complete (a temporary name then an atomic rename locally; S3 PUTs are atomic), so a
 reader never sees half an object, and a key that marks completion can simply be written last.
+
+Both also offer a compare-and-swap write (`get_versioned` + `put_if`): S3's conditional PUT (`If-Match` /
+`If-None-Match`), a file lock locally. The release writer (emilia_publish.release) builds its lock and its commits on
+it, so two publish runs cannot both think they own the release.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ class ObjectInfo:
     key: str
     size: int
     modified: float  # epoch seconds; S3 LastModified, or the later of mtime/ctime locally
+    # What the store says about the content: S3's ETag (unquoted); locally `<size>-<mtime_ns>` in hex, which changes
+    # whenever the file is rewritten. Empty when unknown (records written before it was kept).
+    etag: str = ""
+
+    @property
+    def version(self) -> str:
+        """Which content of the key this is: the ETag, or size and modification time when the store gave none.
+
+        Part of an episode's identity (emilia_pipe.keys.episode_id_for_key): a changed object is a new episode.
+        """
+        return self.etag or f"{self.size}-{self.modified!r}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,10 @@ class ListPage:
     objects: list[ObjectInfo]
     truncated: bool  # more keys may follow this page
     token: str | None = None  # pass to `list_page(token=...)` to continue after this page; set when truncated
+
+
+class PreconditionFailed(RuntimeError):
+    """A conditional write (`put_if`) found the object changed (or present, or absent) since it was read."""
 
 
 class StoreAuthError(PermissionError):
@@ -54,6 +73,20 @@ class ObjectStore(Protocol):
 
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    def head(self, key: str) -> ObjectInfo:
+        """The object's size, modification time and ETag; KeyError when it is not there."""
+        ...
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and the token `put_if` compares against; KeyError when it is not there."""
+        ...
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> str:
+        """Write only if the object is still at `token` (None: only if there is no object); returns the new token.
+
+        Raises `PreconditionFailed` otherwise, having written nothing."""
+        ...
+
     def get_file(self, key: str, path: Path) -> None: ...
     def put_file(self, path: Path, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -9,7 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from emilia_pipe.keys import join
-from emilia_store.base import _TMP_PREFIX, ListPage, ObjectInfo
+from emilia_store.base import _TMP_PREFIX, ListPage, ObjectInfo, PreconditionFailed
+
+
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    # The local ETag: size and modification time (ns) in hex. Any rewrite of the file changes it, as an S3 PUT
+    # changes the ETag of changed content.
+    return ObjectInfo(key, st.st_size, max(st.st_mtime, st.st_ctime), f"{st.st_size:x}-{st.st_mtime_ns:x}")
+
+
+def _token(data: bytes) -> str:
+    """The compare-and-swap token of a local object: its content's MD5, as S3's ETag of a single-part PUT."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class LocalStore:
@@ -43,8 +56,7 @@ class LocalStore:
                 continue
             if len(out) == max_keys:
                 return ListPage(out, True, out[-1].key if out else start_after)
-            st = (self.root / key).stat()
-            out.append(ObjectInfo(key, st.st_size, max(st.st_mtime, st.st_ctime)))
+            out.append(_info(key, (self.root / key).stat()))
         return ListPage(out, False)
 
     def _walk_sorted(
@@ -77,6 +89,33 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             # like S3: a key that is only a prefix ("a" of "a/b"), or one below a file, is simply not there
             raise KeyError(key) from None
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self.path(key)
+        if not path.is_file():
+            raise KeyError(key)
+        return _info(join(key), path.stat())
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, _token(data)
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> str:
+        """Compare-and-swap under an exclusive lock on a hidden file beside the object (processes of this host)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = target.with_name(f"{_TMP_PREFIX}lock-{target.name}")
+        with open(lock, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                current = _token(target.read_bytes()) if target.is_file() else None
+                if current != token:
+                    raise PreconditionFailed(f"{self.describe()}: {key} is at {current or 'absent'}, "
+                                             f"expected {token or 'absent'}")
+                self.put_bytes(key, data)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return _token(data)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)

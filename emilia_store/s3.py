@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emilia_pipe.keys import join
-from emilia_store.base import ListPage, ObjectInfo, StoreAuthError
+from emilia_store.base import ListPage, ObjectInfo, PreconditionFailed, StoreAuthError
 
 CHECKSUM_CHOICES = ("auto", "when_required", "when_supported")
 ADDRESSING_CHOICES = ("auto", "path", "virtual")
@@ -225,7 +225,7 @@ class S3Store:
             resp = self.client.list_objects_v2(**kwargs)
         n = len(self.prefix)
         objects = [
-            ObjectInfo(o["Key"][n:], int(o["Size"]), o["LastModified"].timestamp())
+            ObjectInfo(o["Key"][n:], int(o["Size"]), o["LastModified"].timestamp(), o.get("ETag", "").strip('"'))
             for o in resp.get("Contents", [])
         ]
         truncated = bool(resp.get("IsTruncated"))
@@ -237,6 +237,47 @@ class S3Store:
                 return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise KeyError(key) from None
+
+    def head(self, key: str) -> ObjectInfo:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors("HeadObject", self._k(key)):
+                resp = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(key) from None
+            raise
+        return ObjectInfo(join(key), int(resp["ContentLength"]), resp["LastModified"].timestamp(),
+                          resp.get("ETag", "").strip('"'))
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            with self._errors("GetObject", self._k(key)):
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+        return resp["Body"].read(), resp["ETag"]
+
+    def put_if(self, key: str, data: bytes, token: str | None) -> str:
+        """A conditional PUT: `If-Match: <ETag>`, or `If-None-Match: *` to create. S3, R2 and MinIO honour both; a
+        server that ignores them makes this a plain PUT, which is why the release writer also re-reads what it wrote."""
+        from botocore.exceptions import ClientError
+
+        k = self._k(key)
+        condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        try:
+            with self._errors("PutObject", k):
+                resp = self.client.put_object(Bucket=self.bucket, Key=k, Body=data, ContentType=content_type_for(k),
+                                              **condition)
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or status in (409, 412):
+                raise PreconditionFailed(f"{self.describe()}: {key} changed since it was read ({code or status})") \
+                    from None
+            raise
+        return resp["ETag"]
 
     def put_bytes(self, key: str, data: bytes) -> None:
         k = self._k(key)

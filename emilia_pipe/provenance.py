@@ -1,0 +1,133 @@
+"""What made a segment: the model of each stage that ran (name, revision, checksum), the model set's kind, the code.
+
+`build_pipe_config` puts `pipe_provenance(...)` into the `PipeConfig`; the pipeline writes it into every episode's
+`all_segments.json` (`episode.provenance`), the catalogue carries it per segment, and the release index and the card
+carry it on (emilia_publish). The kind is what lets a release refuse the output of random-weight models: a model set
+built by `emilia-forge models tiny` has kind `tiny`, and a release of it needs the test-release flag.
+
+Checksums are the SHA-256 of a model file, or for a folder the SHA-256 over its files' relative paths and
+SHA-256s; they are computed once per process (keyed by path, size and mtime), since the production Whisper alone is
+a few GB. A model named by Hub id or URL that is not on disk has no checksum here: its `revision` says what is
+pinned (the DNSMOS URLs pin a commit and their files a checksum, see `models.DNSMOS_FILES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from emilia_pipe.models import DNSMOS_FILES, ModelSet
+
+# Stage -> the ModelSet fields it loads.
+STAGE_MODELS: dict[str, tuple[str, ...]] = {
+    "separate": ("separation",),
+    "diarize": ("diarization",),
+    "asr": ("whisper",),
+    "dnsmos": ("dnsmos_sig_bak_ovr", "dnsmos_p808"),
+}
+_HF_REVISION_DIR = Path(".cache") / "huggingface" / "download"
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return _sha256_file(Path(path))
+
+
+def checksum(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's (relative path, SHA-256) list; `.cache` folders are left out."""
+    if path.is_file():
+        st = path.stat()
+        return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts):
+        h.update(f"{f.relative_to(path).as_posix()}\0{checksum(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _hf_revision(path: Path) -> str | None:
+    """The commit a `snapshot_download(local_dir=...)` fetched, from huggingface_hub's metadata in the folder."""
+    folder = path if path.is_dir() else path.parent
+    meta_dir = folder / _HF_REVISION_DIR
+    if not meta_dir.is_dir():
+        return None
+    for meta in sorted(meta_dir.rglob("*.metadata")):
+        first = meta.read_text(errors="replace").splitlines()[:1]
+        if first and first[0].strip():
+            return first[0].strip()
+    return None
+
+
+def describe_model(ref: str) -> dict[str, Any]:
+    """Name, revision and checksum of one model reference (a local path, a Hub id, `hf://...` or a URL)."""
+    path = Path(ref)
+    if not ref.startswith(("hf://", "https://", "http://")) and path.exists():
+        return {"name": path.name, "revision": _hf_revision(path), "sha256": checksum(path)}
+    name = ref.rsplit("/", 1)[-1] if ref.startswith(("https://", "http://")) else ref
+    return {"name": ref, "revision": "unpinned" if not ref.startswith("http") else "url",
+            "sha256": DNSMOS_FILES.get(name)}
+
+
+def code_version() -> str:
+    """`EMILIA_CODE_VERSION` (the image sets it at build), else the git commit of this checkout (`-dirty` with
+    local changes), else the installed package's version."""
+    if os.environ.get("EMILIA_CODE_VERSION"):
+        return os.environ["EMILIA_CODE_VERSION"]
+    return _git_version() or _package_version()
+
+
+@lru_cache(maxsize=1)
+def _git_version() -> str | None:
+    try:
+        head = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"git:{head.stdout.strip()}" + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"emilia-forge {version('emilia-forge')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_set_id(doc: dict[str, Any]) -> str:
+    """A short, stable name for a model-set description: the same models give the same id on every machine."""
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pipe_provenance(models: ModelSet, stages: list[str] | tuple[str, ...], whisper_model: str = "") -> dict[str, Any]:
+    """The provenance block of every episode this pipe makes.
+
+    Only the stages that run name a model; when none runs (the cheap stages: standardise, VAD, segmentation), the
+    kind is `none`, since nothing the model set holds shaped the output.
+    """
+    described: dict[str, Any] = {}
+    for stage in stages:
+        for field in STAGE_MODELS.get(stage, ()):
+            ref = whisper_model if field == "whisper" and whisper_model else getattr(models, field)
+            if ref:
+                described[field] = describe_model(str(ref))
+    doc = {"kind": models.kind if described else "none", "models": described}
+    return {"model_set": {"id": model_set_id(doc), **doc}, "code_version": code_version()}
