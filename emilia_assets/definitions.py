@@ -103,6 +103,7 @@ def defs() -> dg.Definitions:
                 repo_id=_env("HF_REPO_ID", ""),
                 token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else "",
                 endpoint=_env("HF_ENDPOINT", ""),
+                test_release=_env("HF_TEST_RELEASE", "0").lower() in ("1", "true", "yes"),
             ),
         },
     )

@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import RepoFile
 
@@ -78,6 +78,7 @@ class UploadReport:
     commits: int
     retries: int
     commit_urls: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # removed from the repo (superseded shards)
 
 
 class HubPublishError(RuntimeError):
@@ -281,6 +282,24 @@ class _Session:
                     return
         raise self.fail(f"commit '{message}'", exc) from None
 
+    def delete(self, paths: list[str], message: str) -> None:
+        """One commit removing those of `paths` the repo still has; each attempt lists the repo first, so a retry
+        after a lost answer deletes nothing twice."""
+
+        def attempt() -> None:
+            tree = self.api.list_repo_tree(self.target.repo_id, recursive=True, repo_type=REPO_TYPE,
+                                           revision=self.target.revision)
+            present = sorted({e.path for e in tree if isinstance(e, RepoFile)} & set(paths))
+            if not present:
+                return
+            info = self.api.create_commit(self.target.repo_id, [CommitOperationDelete(path_in_repo=p) for p in present],
+                                          commit_message=message, repo_type=REPO_TYPE, revision=self.target.revision)
+            self.report.commits += 1
+            self.report.commit_urls.append(str(info.commit_url))
+            self.report.deleted.extend(present)
+
+        self.call(f"commit '{message}'", attempt)
+
 
 def publish_files(
     target: HubTarget,
@@ -292,8 +311,10 @@ def publish_files(
     retries: int = 6,
     backoff_s: float = 1.0,
     log: Callable[[str], object] = print,
+    delete: list[str] | tuple[str, ...] = (),
 ) -> UploadReport:
-    """Upload `files` (repo path -> local file) to the dataset repo, skipping those already there unchanged.
+    """Upload `files` (repo path -> local file) to the dataset repo, skipping those already there unchanged, then
+    remove the `delete` paths the repo has (shards a newer version of their episodes emptied), in a last commit.
 
     Commits follow the dict's order: put the shards first and the index and README last, so the repo never
     advertises shards it does not have yet. After the commits the repo is listed once more and every file checked,
@@ -337,4 +358,8 @@ def publish_files(
         if missing:
             raise HubPublishError(f"after the upload, {len(missing)} file(s) are missing or differ on the Hub "
                                   f"(a .gitignore in the repo?): {', '.join(missing[:10])}", report=s.report)
+    doomed = sorted(set(delete) - set(files))
+    if doomed and set(doomed) & set(remote):
+        s.delete(doomed, f"{message} (remove superseded)")
+        s.log(f"hub: {repo}: removed {len(s.report.deleted)} superseded file(s)")
     return s.report

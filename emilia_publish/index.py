@@ -1,4 +1,4 @@
-"""The release index (one row per sample, with its shard) and the shard checksums, as Parquet.
+"""A batch's index (one row per sample, with its shard) and its file checksums, as Parquet.
 
 The index lets a user (and the dataset card) query the release with polars without opening a tar; the checksums
 let a re-publish skip shards whose bytes did not change and let anyone verify a download.
@@ -28,7 +28,17 @@ INDEX_SCHEMA: dict[str, pl.DataType] = {
     "episode_id": pl.String(),
     "source": pl.String(),
     "batch_id": pl.String(),
+    # Which version of which raw object the sample comes from: the release holds one version per audio key.
+    "audio_key": pl.String(),
+    "episode_version": pl.String(),
+    # Provenance and licence (null for samples published before they were recorded).
+    "license": pl.String(),
+    "model_set": pl.String(),
+    "model_kind": pl.String(),
+    "code_version": pl.String(),
 }
+# Columns an index written before them may lack; read as null.
+OPTIONAL_INDEX_COLUMNS = ("audio_key", "episode_version", "license", "model_set", "model_kind", "code_version")
 CHECKSUM_SCHEMA: dict[str, pl.DataType] = {
     "shard": pl.String(),
     "bytes": pl.Int64(),
@@ -69,6 +79,7 @@ def index_frame(samples: list[dict[str, Any]], shard_of: Mapping[str, str], *,
             "speaker": s.get("speaker"), "dnsmos": s["dnsmos"] if "dnsmos" in s else s.get("dnsmos_ovrl"),
             "text": s.get("text"), "episode_id": s.get("episode_id"), "source": s.get("source"),
             "batch_id": s.get("batch_id") or batch_id or batch_of_shard(shard),
+            **{c: s.get(c) for c in OPTIONAL_INDEX_COLUMNS},
         })
     return pl.DataFrame(rows, schema=INDEX_SCHEMA).sort("shard", "key")
 
@@ -80,6 +91,8 @@ def read_shard_samples(path: Path) -> list[dict[str, Any]]:
 
 
 def _count_samples(path: Path) -> int:
+    if path.suffix == ".parquet":  # one row per sample
+        return pl.scan_parquet(path).select(pl.len()).collect().item()
     # A sample is a key (member name up to the first dot, as WebDataset groups them), whatever its members.
     with tarfile.open(path) as tar:
         return len({PurePosixPath(m.name).name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
@@ -107,9 +120,12 @@ def frame_to_parquet(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def frame_from_parquet(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """Read Parquet bytes and check them against `schema` (columns in schema order, types cast)."""
+def frame_from_parquet(data: bytes, schema: Mapping[str, pl.DataType],
+                       optional: Iterable[str] = ()) -> pl.DataFrame:
+    """Read Parquet bytes and check them against `schema` (columns in schema order, types cast); `optional`
+    columns may be missing (null)."""
     df = pl.read_parquet(io.BytesIO(data))
+    df = df.with_columns(pl.lit(None, schema[c]).alias(c) for c in optional if c not in df.columns)
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise ValueError(f"parquet lacks columns {missing}; has {df.columns}")
@@ -121,7 +137,7 @@ def index_to_parquet(index: pl.DataFrame) -> bytes:
 
 
 def index_from_parquet(data: bytes) -> pl.DataFrame:
-    return frame_from_parquet(data, INDEX_SCHEMA)
+    return frame_from_parquet(data, INDEX_SCHEMA, OPTIONAL_INDEX_COLUMNS)
 
 
 def checksums_to_parquet(checksums: pl.DataFrame) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from emilia_pipe.keys import join
 
 
@@ -39,8 +41,29 @@ def shard_key(language: str, batch_id: str, n: int) -> str:
     return f"{shard_prefix(language, batch_id)}{n:05d}.tar"
 
 
+def parquet_key(language: str, batch_id: str, n: int) -> str:
+    """The same samples as `shard_key(...)`, as Parquet with the audio bytes inside (the Hub's viewer plays it)."""
+    return f"{shard_prefix(language, batch_id)}{n:05d}.parquet"
+
+
+def repo_path(store_key: str) -> str:
+    """Where a shard or Parquet file of the store (`shards/<lang>/<file>`) lives in the Hub repo (`data/<lang>/...`);
+    index files keep their path."""
+    return "data/" + store_key[len("shards/"):] if store_key.startswith("shards/") else store_key
+
+
+def store_key_of(path_in_repo: str) -> str:
+    """The inverse of `repo_path`."""
+    return "shards/" + path_in_repo[len("data/"):] if path_in_repo.startswith("data/") else path_in_repo
+
+
 INDEX_PREFIX = "index/"
 CARD_PREFIX = "card/"
+# The release writer's own state, in the store only (emilia_publish.release): the summary, the lock, one pointer per
+# raw-audio key (which episode version the release holds), and the record of a commit not yet applied.
+RELEASE_PREFIX = "release/"
+RELEASE_SUMMARY_KEY = f"{RELEASE_PREFIX}summary.json"
+RELEASE_LOCK_KEY = f"{RELEASE_PREFIX}lock.json"
 
 
 def index_key(batch_id: str) -> str:
@@ -49,5 +72,22 @@ def index_key(batch_id: str) -> str:
 
 
 def checksums_key(batch_id: str) -> str:
-    """Shard-level checksums (shard, bytes, samples, sha256), beside the index; not part of the sample index."""
+    """File checksums of the batch (path in the repo, bytes, samples, sha256), for its tars and Parquet files. In a
+    folder of its own, so that `index/*.parquet` is the sample index alone."""
+    return f"{INDEX_PREFIX}shards/{batch_id}.parquet"
+
+
+def legacy_checksums_key(batch_id: str) -> str:
+    """Where checksums lived before `checksums_key` (`index/<batch>.shards.parquet`)."""
     return f"{INDEX_PREFIX}{batch_id}.shards.parquet"
+
+
+def release_pointer_key(audio_key: str) -> str:
+    """The release's pointer for one raw-audio key: the episode (version) it holds and that episode's contribution."""
+    h = hashlib.sha256(audio_key.encode("utf-8")).hexdigest()
+    return f"{RELEASE_PREFIX}episodes/{h[:2]}/{h[:40]}.json"
+
+
+def release_pending_key(generation: int) -> str:
+    """What commit `generation` does to pointers and earlier batches, written before the commit, applied after."""
+    return f"{RELEASE_PREFIX}pending/{generation:012d}.json"

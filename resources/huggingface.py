@@ -13,6 +13,8 @@ class HuggingFaceResource(dg.ConfigurableResource):
     private: bool = Field(default=True, description="Visibility when the repo is created.")
     license: str = Field(default="cc-by-nc-4.0", description="Licence in the dataset card (Emilia's).")
     max_files_per_commit: int = Field(default=50, description="Files per Hub commit (commit rate limits).")
+    test_release: bool = Field(default=False, description="HF_TEST_RELEASE=1: this is a test release, which may hold "
+                               "output of random-weight models (`models tiny`); its card says so.")
 
     def target(self) -> HubTarget | None:
         if not self.repo_id:

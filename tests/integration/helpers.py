@@ -48,13 +48,14 @@ def batch_from_sensor(instance: dg.DagsterInstance, store: ObjectStoreResource, 
 def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_failure_fraction: float = 0.5,
                       max_shard_mb: float = 512.0, raise_on_error: bool = True, selection=None,
                       pipe: EmiliaPipeResource | None = None, hf: HuggingFaceResource | None = None,
-                      gpu_pool: GpuPoolResource | None = None):
-    """Default pipe: the cheap stages only (`EmiliaPipeResource(stages=[])`); pass `full_pipe` for every stage."""
+                      gpu_pool: GpuPoolResource | None = None, test_release: bool = False):
+    """Default pipe: the cheap stages only (`EmiliaPipeResource(stages=[])`); pass `full_pipe` for every stage
+    (random-weight models: publishing them needs `test_release=True`)."""
     assets = [raw_episodes, processed_segments, hf_shards]
     chosen = {a.key.to_user_string() for a in (selection or assets)}
     ops = {
         "processed_segments": {"config": {"max_failure_fraction": max_failure_fraction}},
-        "hf_shards": {"config": {"max_shard_mb": max_shard_mb}},
+        "hf_shards": {"config": {"max_shard_mb": max_shard_mb, "test_release": test_release}},
     }
     return dg.materialize(
         assets,

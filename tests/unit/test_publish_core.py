@@ -189,7 +189,8 @@ def test_index_frame_from_sample_json():
     assert from_catalogue.row(0, named=True) == {
         "key": "ep_000000", "shard": "shards/en/x-00000.tar", "language": "en", "duration": 6.0,
         "speaker": "ep_S00", "dnsmos": 4.0, "text": "hello there friend", "episode_id": "ep", "source": "show",
-        "batch_id": "B1"}
+        "batch_id": "B1", "audio_key": None, "episode_version": None, "license": None, "model_set": None,
+        "model_kind": None, "code_version": None}
 
 
 def test_index_frame_refuses_unsharded_and_duplicate_samples():
@@ -276,10 +277,12 @@ def test_card_header_is_what_the_hub_reads():
     assert meta["size_categories"] == [size_category(index.height)] == ["n<1K"]
     assert "webdataset" in meta["tags"]
     configs = {c["config_name"]: c["data_files"] for c in meta["configs"]}
-    assert list(configs) == ["default", "en", "und", "zh"]
+    assert list(configs) == ["default", "en", "und", "zh", "parquet", "parquet-en", "parquet-und", "parquet-zh"]
     assert configs["default"] == [{"split": "train", "path": "data/*/*.tar"}]
+    assert configs["parquet"] == [{"split": "train", "path": "data/*/*.parquet"}]
     for lang in ("en", "und", "zh"):
         assert configs[lang] == [{"split": "train", "path": f"data/{lang}/*.tar"}]
+        assert configs[f"parquet-{lang}"] == [{"split": "train", "path": f"data/{lang}/*.parquet"}]
     custom, _ = render_card(index, repo_id="o/r", license="cc-by-4.0", pretty_name="Forge: test")
     assert header(custom)["license"] == "cc-by-4.0" and header(custom)["pretty_name"] == "Forge: test"
 
@@ -315,7 +318,7 @@ def test_card_body_documents_fields_loading_sources_and_dnsmos():
     assert "wds.WebDataset(" in card and 'load_dataset("org/emilia-forge", "en"' in card
     assert 'Value("binary")' in card and "hf://datasets/org/emilia-forge/index.parquet" in card
     snippets = re.findall(r"^```python\n(.*?)^```$", card, re.M | re.S)
-    assert len(snippets) == 4
+    assert len(snippets) == 5
     for code in snippets:
         compile(code, "<card snippet>", "exec")  # every snippet in the card is valid Python
     assert "| show | <https://example.org/feed.xml> | cc-by-4.0 |" in card
@@ -367,5 +370,5 @@ def test_card_counts_take_the_singular_for_one_and_the_plural_otherwise():
 def test_card_of_an_empty_index():
     card, png = render_card(index_frame([], {}), repo_id="o/r")
     meta = header(card)
-    assert meta["language"] == [] and [c["config_name"] for c in meta["configs"]] == ["default"]
+    assert meta["language"] == [] and [c["config_name"] for c in meta["configs"]] == ["default", "parquet"]
     assert "**0 segments, 0.000 hours" in card and png[:4] == b"\x89PNG"
