@@ -44,6 +44,7 @@ from emilia_store import ObjectInfo, ObjectStore, iter_objects, next_position, r
 
 MANIFEST_PREFIX = "manifests/batches/"
 SCAN_PREFIX = "manifests/scan/"
+REPROCESS_PREFIX = "manifests/reprocess/"  # requests for re-processing, adopted by the raw-audio sensor
 MANIFEST_SCHEMA = {
     "episode_id": pl.String,
     "audio_key": pl.String,
@@ -213,6 +214,46 @@ def read_manifest(store: ObjectStore, batch_id: str) -> pl.DataFrame:
         return read_parquet(store, manifest_key(batch_id))
     except KeyError:
         raise FileNotFoundError(f"batch {batch_id!r} has no manifest at {manifest_key(batch_id)}") from None
+
+
+def request_reprocess(store: ObjectStore, keys: list[str], raw_prefix: str, processed_prefix: str,
+                      now: float | None = None) -> Batch:
+    """Re-process these raw-audio objects on purpose (new models, new rules): a new batch of them, as they are now.
+
+    Each object is listed as its current version, so its episode id is the one it already has when its content did
+    not change; its completion marker is removed, so the batch runner processes it again instead of resuming it,
+    and the new batch, being newer, replaces the episode's segments in the release (emilia_publish.release) rather
+    than adding a second copy. The raw-audio sensor adopts the batch (a partition and a probe run) on its next tick.
+    """
+    from emilia_store.layout import episode_done_key
+
+    if not keys:
+        raise ValueError("nothing to re-process: give at least one raw-audio key")
+    objects = []
+    for key in sorted(set(keys)):
+        try:
+            objects.append(store.head(key))
+        except KeyError:
+            raise FileNotFoundError(f"{store.describe()}: {key} is not in the store") from None
+        if not is_audio_key(key):
+            raise ValueError(f"{key} is not an audio file")
+    batch = Batch(new_batch_id(objects, time.time() if now is None else now), objects)
+    frame = manifest_frame(batch, raw_prefix)
+    write_parquet(store, manifest_key(batch.batch_id), frame)
+    for episode_id in frame["episode_id"].to_list():
+        store.delete(episode_done_key(processed_prefix, episode_id))
+    store.put_bytes(f"{REPROCESS_PREFIX}{batch.batch_id}.json", json.dumps({"keys": [o.key for o in objects]}).encode())
+    return batch
+
+
+def reprocess_requests(store: ObjectStore, limit: int = 100) -> list[str]:
+    """Batch ids of re-processing requests not adopted yet (oldest first, at most `limit`)."""
+    return [o.key[len(REPROCESS_PREFIX):-len(".json")]
+            for o in islice(iter_objects(store, REPROCESS_PREFIX, page_size=limit), limit) if o.key.endswith(".json")]
+
+
+def forget_reprocess_request(store: ObjectStore, batch_id: str) -> None:
+    store.delete(f"{REPROCESS_PREFIX}{batch_id}.json")
 
 
 def recent_manifests(store: ObjectStore, since: float | None) -> list[str]:

@@ -2,6 +2,7 @@
 
     emilia-forge process FILE... --out DIR [--root DIR] [--language en]
     emilia-forge run-batch BATCH_ID [--store DIR]
+    emilia-forge reprocess KEY... [--store DIR]
     emilia-forge doctor [--load]
 
 `process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
@@ -115,6 +116,18 @@ def _run_batch(args: argparse.Namespace) -> int:
     return 1 if outcome.failed_fraction > args.max_failure_fraction else 0
 
 
+def _reprocess(args: argparse.Namespace) -> int:
+    from emilia_pipe.batching import request_reprocess
+    from emilia_store import LocalStore
+    from emilia_store.env import store_from_env
+
+    store = LocalStore(args.store) if args.store else store_from_env()
+    batch = request_reprocess(store, args.keys, os.environ.get("RAW_AUDIO_PREFIX") or "raw_audio/",
+                              os.environ.get("PROCESSED_PREFIX") or "processed/")
+    print(json.dumps({"batch_id": batch.batch_id, "keys": [o.key for o in batch.objects]}))
+    return 0
+
+
 def pipe_config(models_dir: str | None, language: str | None, stages: str | None, device: str | None = None):
     """The same settings the Dagster resource builds, from the CLI's flags and the environment."""
     from emilia_pipe.models import ModelSet
@@ -189,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-failure-fraction", type=float, default=0.5, help="exit 1 above this fraction failed")
     _pool_args(b)
     b.set_defaults(func=_run_batch)
+    r = sub.add_parser("reprocess", help="process raw-audio objects again on purpose (new models, new rules): "
+                       "a new batch whose segments replace theirs in the release")
+    r.add_argument("keys", nargs="+", help="raw-audio keys, e.g. raw_audio/en/show/ep1.mp3")
+    r.add_argument("--store", default=None, help="a local store folder (default: S3/R2 from R2_* variables, "
+                   "else $EMILIA_LOCAL_STORE or ./data)")
+    r.set_defaults(func=_reprocess)
     d = sub.add_parser("doctor", help="check that this machine can run the pipe as configured (GPU, models)")
     d.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
     d.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default $EMILIA_DEVICE or auto)")

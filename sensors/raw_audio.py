@@ -10,7 +10,7 @@ import dagster as dg
 
 from emilia_assets.jobs import probe_job
 from emilia_assets.partitions import episode_batches
-from emilia_pipe.batching import ScanCursor, scan_tick
+from emilia_pipe.batching import ScanCursor, forget_reprocess_request, reprocess_requests, scan_tick
 from resources.batching import BatchingResource
 from resources.object_store import ObjectStoreResource
 
@@ -23,8 +23,9 @@ from resources.object_store import ObjectStoreResource
 def raw_audio_sensor(
     context: dg.SensorEvaluationContext, store: ObjectStoreResource, batching: BatchingResource
 ) -> dg.SensorResult:
+    s = store.open()
     tick = scan_tick(
-        store.open(),
+        s,
         ScanCursor.loads(context.cursor),
         store.raw_prefix,
         batching.scan_limits(),
@@ -41,6 +42,14 @@ def raw_audio_sensor(
             f"sweep {tick.cursor.sweep}: listed {len(tick.keys_listed)} keys in {tick.pages_listed} pages, "
             f"{len(tick.batches)} new batches ({sum(len(b.objects) for b in tick.batches)} episodes)"
         )
+    # Re-processing requests (`emilia-forge reprocess`): adopted like new batches; a request whose partition exists
+    # was adopted by an earlier tick, whose result has been committed, and is forgotten.
+    for requested in reprocess_requests(s):
+        if context.instance.has_dynamic_partition(episode_batches.name, requested):
+            forget_reprocess_request(s, requested)
+        elif requested not in new_ids:
+            new_ids.append(requested)
+            context.log.info(f"re-processing batch {requested} adopted")
     return dg.SensorResult(
         dynamic_partitions_requests=[episode_batches.build_add_request(new_ids)] if new_ids else [],
         run_requests=[dg.RunRequest(partition_key=b, run_key=f"batch-{b}") for b in new_ids],

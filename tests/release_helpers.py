@@ -3,6 +3,7 @@ runner leaves them, so the release writer can be driven without running the pipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,12 +16,19 @@ from emilia_pipe.batching import MANIFEST_SCHEMA, manifest_key
 from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA
 from emilia_pipe.export import encode_mp3
 from emilia_pipe.keys import episode_id_for_key, segment_name
-from emilia_pipe.provenance import model_set_id
 from emilia_store import LocalStore, write_parquet
 from emilia_store.layout import batch_segments_key, batch_status_key, episode_dir
 
 TINY_MODELS = {"kind": "tiny", "models": {"whisper": {"name": "whisper", "revision": None, "sha256": "ab" * 32}}}
 HUB_MODELS = {"kind": "hub", "models": {"whisper": {"name": "large-v3", "revision": "unpinned", "sha256": None}}}
+# The catalogue and manifest columns the release reads besides the runner's, typed here as well, so that the helper
+# also writes batches for a checkout from before them (to show a new test failing there).
+EXTRA_SEGMENT_COLUMNS = {"model_set": pl.String, "model_kind": pl.String, "models": pl.String,
+                         "code_version": pl.String, "license": pl.String, "source_url": pl.String}
+
+
+def model_set_id(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @cache
@@ -34,7 +42,7 @@ class Ep:
     """One raw object's episode in a fabricated batch."""
 
     audio_key: str
-    version: str = "v1"
+    version: str | None = "v1"  # None: a manifest from before versions (the id of the key alone)
     modified: float = 1000.0
     segments: int = 2
     freq: float = 440.0  # the tone of its segments: two versions of an object sound different
@@ -44,7 +52,8 @@ class Ep:
 
     @property
     def episode_id(self) -> str:
-        return episode_id_for_key(self.audio_key, self.version)
+        return episode_id_for_key(self.audio_key) if self.version is None else episode_id_for_key(self.audio_key,
+                                                                                                  self.version)
 
 
 def batch_id(n: int) -> str:
@@ -82,9 +91,10 @@ def fabricate_batch(store: LocalStore, bid: str, episodes: list[Ep], failed: tup
                 "models": json.dumps(ep.models, sort_keys=True), "code_version": "git:test",
                 "license": ep.license, "source_url": f"https://example.org/{source}.xml",
             })
-    write_parquet(store, manifest_key(bid), pl.DataFrame(manifest, schema=MANIFEST_SCHEMA))
+    write_parquet(store, manifest_key(bid), pl.DataFrame(manifest, schema={**MANIFEST_SCHEMA, "version": pl.String}))
     write_parquet(store, batch_status_key(processed_prefix, bid), pl.DataFrame(status, schema=STATUS_SCHEMA))
-    write_parquet(store, batch_segments_key(processed_prefix, bid), pl.DataFrame(rows, schema=SEGMENT_SCHEMA))
+    write_parquet(store, batch_segments_key(processed_prefix, bid),
+                  pl.DataFrame(rows, schema={**SEGMENT_SCHEMA, **EXTRA_SEGMENT_COLUMNS}))
 
 
 class CountingStore(LocalStore):

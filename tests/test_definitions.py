@@ -63,7 +63,8 @@ def test_demo_runs_samples_to_shards_through_the_daemon(tmp_path, tiny_models):
     (home / "dagster.yaml").write_text((ROOT / "dagster_home/dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "EMILIA_LOCAL_STORE": str(tmp_path / "data"),
            "RAW_AUDIO_SENSOR_INTERVAL_S": "2", "EMILIA_WORK_DIR": str(tmp_path / "work"),
-           "EMILIA_MODELS_DIR": str(tiny_models), "ASR_LANGUAGE": "en"}  # what `make demo` sets
+           "EMILIA_MODELS_DIR": str(tiny_models), "ASR_LANGUAGE": "en",
+           "HF_TEST_RELEASE": "1"}  # what `make demo` sets
     for name in ("R2_BUCKET", "EMILIA_STAGES"):
         env.pop(name, None)
     proc = subprocess.run([sys.executable, "-m", "emilia_assets.demo", "--timeout", "600"], cwd=ROOT, env=env,

@@ -6,7 +6,6 @@ asset is in the `release_writer` pool: with its limit at one (the publish sensor
 publish at a time, and the store lock makes a second writer wait even where the pool is not enforced.
 """
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pydantic import Field
 
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import RELEASE_POOL
+from emilia_pipe.workdir import batch_dir
 from emilia_publish.filters import PublishFilters
 from emilia_publish.hub import publish_files
 from emilia_publish.release import PublishOutcome, PublishSettings, ReleaseRefused, publish_batch
@@ -116,7 +116,9 @@ def hf_shards(
             return publish_files(target, files, delete=delete, max_files_per_commit=hf.max_files_per_commit,
                                  message=message, log=log)
 
-    with tempfile.TemporaryDirectory(prefix="emilia-publish-", dir=os.environ.get("EMILIA_WORK_DIR")) as tmp:
+    work = batch_dir(context.partition_key)
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="publish-", dir=work) as tmp:
         try:
             outcome = publish_batch(store.open(), context.partition_key, settings, work_dir=Path(tmp) / "work",
                                     upload=upload, log=context.log.info)

@@ -32,7 +32,8 @@ def test_batch_runs_raw_audio_to_shards_with_every_stage(store, tmp_path, full_p
     keys = seed_samples(root, ["two_voices", "long_silence"])
     with dg.instance_for_test() as instance:
         (batch,) = batch_from_sensor(instance, store)
-        result = materialize_batch(instance, store, batch, pipe=full_pipe)
+        # the tiny models have random weights: publishing them is a test release, which must be asked for
+        result = materialize_batch(instance, store, batch, pipe=full_pipe, test_release=True)
         assert result.success
         meta = metadata(result, "processed_segments")
         assert (meta["episodes"], meta["done"], meta["failed"]) == (2, 2, 0)
@@ -69,6 +70,25 @@ def test_batch_runs_raw_audio_to_shards_with_every_stage(store, tmp_path, full_p
     assert len(samples) == meta["segments"]
     assert {"id", "wav", "text", "duration", "speaker", "language", "dnsmos"} <= set(samples[0])
     assert all(isinstance(x["dnsmos"], float) and x["text"] for x in samples)
+    # provenance: every sample names the model set that made it, and the release says it is a test release
+    index = pl.read_parquet(root / "index" / f"{batch}.parquet")
+    assert set(index["model_kind"]) == {"tiny"} and index["model_set"].n_unique() == 1
+    assert len({x["model_set"] for x in samples}) == 1 and all(x["code_version"] for x in samples)
+    assert "TEST RELEASE" in (root / "card/README.md").read_text()
+
+
+def test_publishing_random_weight_output_without_the_flag_fails_clearly(store, tmp_path, full_pipe):
+    root = tmp_path / "store"
+    seed_samples(root, ["monologue"])
+    with dg.instance_for_test() as instance:
+        (batch,) = batch_from_sensor(instance, store)
+        result = materialize_batch(instance, store, batch, pipe=full_pipe, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert failure.step_key == "hf_shards"
+        text = str(failure.event_specific_data)
+        assert "random-weight models" in text and "HF_TEST_RELEASE=1" in text
+    assert not (root / "shards").exists() and not (root / "index").exists()
 
 
 def test_broken_files_are_recorded_and_the_rest_of_the_batch_succeeds(store, tmp_path):

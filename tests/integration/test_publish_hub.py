@@ -40,15 +40,17 @@ def test_batches_publish_with_faults_midway_and_rerun_uploads_nothing(fake_hub, 
         meta = metadata(run, "hf_shards")
         assert meta["retries"] >= 2 and meta["commits"] >= 2
         files = fake_hub.files(REPO)
-        shards = sorted(p for p in files if p.startswith("data/en/"))
+        shards = sorted(p for p in files if p.startswith("data/en/") and p.endswith(".tar"))
+        parquets = sorted(p for p in files if p.startswith("data/en/") and p.endswith(".parquet"))
         assert len(shards) == meta["shards"] > 1
+        assert parquets == [p[: -len(".tar")] + ".parquet" for p in shards], "a Parquet twin per tar"
         keys = [k for p in shards for k in tar_keys(files[p])]
         assert len(keys) == len(set(keys)) == meta["samples"], "every sample exactly once on the Hub"
-        assert {f"index/{batch}.parquet", f"index/{batch}.shards.parquet", "README.md",
+        assert {f"index/{batch}.parquet", f"index/shards/{batch}.parquet", "README.md",
                 "assets/distributions.png"} <= set(files)
-        sums = pl.read_parquet(io.BytesIO(files[f"index/{batch}.shards.parquet"]))
-        assert sorted(sums["sha256"]) == sorted(hashlib.sha256(files[p]).hexdigest() for p in shards)
-        assert int(sums["samples"].sum()) == meta["samples"]
+        sums = pl.read_parquet(io.BytesIO(files[f"index/shards/{batch}.parquet"]))
+        assert sorted(sums["sha256"]) == sorted(hashlib.sha256(files[p]).hexdigest() for p in shards + parquets)
+        assert int(sums.filter(pl.col("shard").str.ends_with(".tar"))["samples"].sum()) == meta["samples"]
         header = yaml.safe_load(files["README.md"].decode().split("---")[1])
         assert "en" in header["language"]
         commits_before = len(fake_hub.commits(REPO))

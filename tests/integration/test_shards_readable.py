@@ -86,3 +86,43 @@ def test_a_batchs_shards_load_with_datasets_and_webdataset(store, tmp_path):
     assert sums["samples"].sum() == segments.height
     card, png = render_card(index, repo_id="org/emilia-forge")
     assert "data/en/*.tar" in card and png[:4] == b"\x89PNG"
+
+
+def test_the_parquet_files_load_with_datasets_and_hold_the_webdataset_samples(store, tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+    from datasets import Audio
+
+    root = tmp_path / "store"
+    seed_samples(root, ["two_voices", "monologue"])
+    with dg.instance_for_test() as instance:
+        (batch,) = batch_from_sensor(instance, store)
+        assert materialize_batch(instance, store, batch, max_shard_mb=0.3).success
+    tars = sorted(root.glob(f"shards/*/{batch}-*.tar"))
+    parquets = sorted(root.glob(f"shards/*/{batch}-*.parquet"))
+    assert len(tars) > 1 and [p.with_suffix(".tar") for p in parquets] == tars
+
+    # as the Hub's viewer and `datasets` see them: the features come from the files themselves
+    plain = datasets.load_dataset("parquet", data_files={"train": [str(p) for p in parquets]}, split="train",
+                                  cache_dir=str(tmp_path / "hf_cache"))
+    assert plain.features["audio"] == Audio(sampling_rate=24_000)
+    assert {name: plain.features[name].dtype for name in SAMPLE_FIELDS} == {
+        name: dtype for name, (dtype, _) in SAMPLE_FIELDS.items()}
+    # bytes without torchcodec: the same features, the audio not decoded, as the card's snippet does
+    features = plain.features.copy()
+    features["audio"] = Audio(sampling_rate=24_000, decode=False)
+    ds = datasets.load_dataset("parquet", data_files={"train": [str(p) for p in parquets]}, split="train",
+                               features=features, cache_dir=str(tmp_path / "hf_cache2"))
+    webdataset = {s["__key__"]: s for s in wds.WebDataset([str(p) for p in tars], shardshuffle=False)}
+    assert sorted(ds["id"]) == sorted(webdataset), "the same keys"
+    for row in ds:
+        sample = webdataset[row["id"]]
+        assert row["audio"]["bytes"] == sample["mp3"], "the same bytes"
+        assert row["audio"]["path"] == f"{row['id']}.mp3"
+        assert {k: row[k] for k in SAMPLE_FIELDS} == json.loads(sample["json"])
+        a, rate_a = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        b, rate_b = sf.read(io.BytesIO(sample["mp3"]), dtype="float32")
+        assert rate_a == rate_b == 24_000 and (a == b).all(), "decode to the same audio"
+    for p in parquets:
+        meta = pq.ParquetFile(p).metadata
+        assert all(meta.row_group(i).num_rows <= 100 for i in range(meta.num_row_groups)), "row groups <= 100"
