@@ -32,3 +32,21 @@ def test_each_finished_batch_is_published_once(tmp_path):
         fourth = tick(third.cursor)
         assert [r.partition_key for r in fourth.run_requests] == ["b1", "b3"]
         assert not {r.run_key for r in fourth.run_requests} & {r.run_key for r in second.run_requests}
+
+
+def test_the_sensor_keeps_the_release_writer_pool_at_one_slot():
+    from emilia_assets.pools import RELEASE_POOL
+
+    with dg.instance_for_test() as instance:
+        def limits():
+            return {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+
+        assert RELEASE_POOL not in limits()
+        publish_sensor(dg.build_sensor_context(instance=instance, cursor=None, definitions=defs()))
+        assert limits()[RELEASE_POOL] == 1
+        instance.event_log_storage.set_concurrency_slots(RELEASE_POOL, 3)  # raised by hand
+        publish_sensor(dg.build_sensor_context(instance=instance, cursor=None, definitions=defs()))
+        assert limits()[RELEASE_POOL] == 1
+    from emilia_assets.assets.publish import hf_shards
+
+    assert hf_shards.op.pool == RELEASE_POOL
