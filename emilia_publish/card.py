@@ -30,7 +30,7 @@ TEST_RELEASE_TAG = "test-release"
 SAMPLING_RATE = 24_000
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
-# The fields of each sample's `<key>.json` (emilia_assets.assets.publish.sample_meta): name -> (datasets dtype,
+# The fields of each sample's `<key>.json` (emilia_publish.release.sample_meta): name -> (datasets dtype,
 # meaning). The card documents them and the `datasets` snippet declares them from here; the integration test
 # checks the shards carry exactly these, so a field added to the sidecar must be added here too.
 SAMPLE_FIELDS: dict[str, tuple[str, str]] = {

@@ -55,7 +55,7 @@ def materialize_batch(instance, store: ObjectStoreResource, batch_id: str, max_f
     chosen = {a.key.to_user_string() for a in (selection or assets)}
     ops = {
         "processed_segments": {"config": {"max_failure_fraction": max_failure_fraction}},
-        "hf_shards": {"config": {"max_shard_mb": max_shard_mb, "test_release": test_release}},
+        "hf_shards": {"config": {"max_shard_mb": max_shard_mb, **({"test_release": True} if test_release else {})}},
     }
     return dg.materialize(
         assets,

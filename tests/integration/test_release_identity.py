@@ -22,7 +22,6 @@ from emilia_assets.partitions import episode_batches
 from resources.batching import BatchingResource
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
-from sensors.publish import keep_release_pool_at_one
 from sensors.raw_audio import raw_audio_sensor
 from tests.hub_fixture import TOKEN
 from tests.integration.helpers import SAMPLES, materialize_batch, metadata, seed_samples
@@ -164,6 +163,8 @@ def test_two_concurrent_publish_runs_leave_a_consistent_release(fake_hub, tmp_pa
                           Ep("raw_audio/de/talk/b.mp3", segments=5, language="de")]}
     for bid, eps in ours.items():
         fabricate_batch(seed, bid, eps)
+    from sensors.publish import keep_release_pool_at_one
+
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(ROOT / "dagster_home/dagster.yaml", home / "dagster.yaml")
@@ -218,7 +219,7 @@ def test_publishing_batch_n_reads_a_bounded_amount_through_the_asset(tmp_path, m
 
 def test_random_weight_output_needs_the_test_release_flag(tmp_path):
     root = tmp_path / "store"
-    fabricate_batch(CountingStore(root), batch_id(1), [Ep(CHANGING, models=TINY_MODELS)])
+    fabricate_batch(CountingStore(root), batch_id(1), [Ep(CHANGING, None, models=TINY_MODELS)])
     store = ObjectStoreResource(local_root=str(root))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(episode_batches.name, [batch_id(1)])
