@@ -590,16 +590,53 @@ def rebuild_release(store: ObjectStore, index_keys: list[str], work: Path,
                "modified": claim.modified, "batch_id": claim.batch_id, "generation": 0,
                "contribution": contribution}
         _pointer_write(store, claim.audio_key, doc, 0)
+    versions = {c.episode_id: c for c, _ in held.values()}
+    upload: list[str] = []
     for key in sorted(index_keys):
         batch_id = key[len(INDEX_PREFIX):-len(".parquet")]
-        sums = _read_checksums(store, batch_id)
-        if not store.exists(checksums_key(batch_id)) and sums.height:
-            store.put_bytes(checksums_key(batch_id), checksums_to_parquet(sums))
         index = read_index(store, batch_id)
-        tars = (index["shard"].unique().to_list() if index is not None else [])
+        if index is None:
+            continue
+        upload += _complete_legacy_batch(store, batch_id, index, versions, work)
         summ.add(summary["counts"]["languages"], {lang: {"shards": n} for lang, n in _tar_counts(
-            repo_path(t) for t in tars).items()})
+            repo_path(t) for t in index["shard"].unique().to_list()).items()})
+    # What the Hub has of a release published before is unknown: every file is offered once (the upload skips
+    # those it already has with the same checksum).
+    summary["hub"] = {"upload": sorted(set(upload)), "delete": []}
     return summary
+
+
+def _complete_legacy_batch(store: ObjectStore, batch_id: str, index: pl.DataFrame, versions: dict[str, Claim],
+                           work: Path) -> list[str]:
+    """Bring a batch published before the release writer up to its layout: the raw object and version of each
+    sample in its index, a Parquet twin for each tar, checksums of both in `index/shards/`. Returns its files."""
+    sums = _read_checksums(store, batch_id)
+    have = set(sums["shard"].to_list())
+    twins: dict[str, Path] = {}
+    for tar_key in sorted(index["shard"].unique().to_list()):
+        pq_key = tar_key[: -len(".tar")] + ".parquet"
+        if repo_path(pq_key) in have and store.exists(pq_key):
+            continue
+        tar_path, pq_path = work / "legacy" / tar_key, work / "legacy" / pq_key
+        tar_path.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(tar_key, tar_path)
+        shard_to_parquet(tar_path, pq_path)
+        store.put_file(pq_path, pq_key)
+        twins[repo_path(tar_key)] = tar_path
+        twins[repo_path(pq_key)] = pq_path
+    if twins or not store.exists(checksums_key(batch_id)):
+        sums = pl.concat([sums.filter(~pl.col("shard").is_in(list(twins))), shard_checksums(twins)]).sort("shard")
+        store.put_bytes(checksums_key(batch_id), checksums_to_parquet(sums))
+    known = {e: c for e, c in versions.items() if not c.audio_key.startswith("episode:")}
+    if index["audio_key"].is_null().any() and known:
+        filled = index.with_columns(
+            pl.col("audio_key").fill_null(pl.col("episode_id").replace_strict(
+                {e: c.audio_key for e, c in known.items()}, default=None, return_dtype=pl.String)),
+            pl.col("episode_version").fill_null(pl.col("episode_id").replace_strict(
+                {e: c.version for e, c in known.items()}, default=None, return_dtype=pl.String)),
+        )
+        store.put_bytes(index_key(batch_id), index_to_parquet(filled))
+    return [_store_key(p) for p in sums["shard"].to_list()] + [index_key(batch_id), checksums_key(batch_id)]
 
 
 # ---- publishing a batch --------------------------------------------------------------------------------------------

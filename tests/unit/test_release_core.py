@@ -232,10 +232,18 @@ def test_a_store_wedged_by_duplicate_keys_is_rebuilt_and_publishes_again(tmp_pat
         if p.is_file() and p.relative_to(elsewhere).parts[0] in ("shards", "index"):
             (root / p.relative_to(elsewhere)).parent.mkdir(parents=True, exist_ok=True)
             (root / p.relative_to(elsewhere)).write_bytes(p.read_bytes())
-    for p in (root / "release").rglob("*.json"):
-        p.unlink()  # the old layout: no summary, no pointers, ...
+    # back to the old publisher's layout: no summary, no pointers, no Parquet twins, the old index columns, the
+    # checksums of the tars beside the index
+    for p in list((root / "release").rglob("*.json")) + list((root / "shards").rglob("*.parquet")):
+        p.unlink()
     for p in (root / "index/shards").glob("*.parquet"):
-        p.rename(root / "index" / f"{p.stem}.shards.parquet")  # ... checksums beside the index
+        sums = pl.read_parquet(p).filter(pl.col("shard").str.ends_with(".tar"))
+        sums.write_parquet(root / "index" / f"{p.stem}.shards.parquet")
+        p.unlink()
+    for p in (root / "index").glob("*.parquet"):
+        if not p.name.endswith(".shards.parquet"):
+            pl.read_parquet(p).select(["key", "shard", "language", "duration", "speaker", "dnsmos", "text",
+                                       "episode_id", "source", "batch_id"]).write_parquet(p)
     rows = release_rows(root)
     assert rows["key"].is_duplicated().sum() == 4, "wedged: the episode's 2 samples in both indexes"
 
@@ -245,6 +253,8 @@ def test_a_store_wedged_by_duplicate_keys_is_rebuilt_and_publishes_again(tmp_pat
     rows = release_rows(root)
     assert rows["key"].is_duplicated().sum() == 0 and rows.height == 2 + 2 + 2
     assert set(rows.filter(pl.col("episode_id") == ep.episode_id)["batch_id"]) == {batch_id(2)}
+    assert set(rows.filter(pl.col("episode_id") == ep.episode_id)["audio_key"]) == {KEY}, "versions filled in"
+    assert len(list((root / "shards").rglob("*.parquet"))) == len(list((root / "shards").rglob("*.tar")))
 
 
 # --- provenance --------------------------------------------------------------------------------------------------
