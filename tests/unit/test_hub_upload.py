@@ -117,6 +117,21 @@ def test_changed_file_is_reuploaded_alone(fake_hub: FakeHub, target: HubTarget, 
     _assert_exactly_once(fake_hub, release)
 
 
+def test_superseded_files_are_deleted_in_a_last_commit_once(fake_hub: FakeHub, target: HubTarget,
+                                                              release: dict[str, Path]) -> None:
+    _publish(target, release)
+    emptied = release.pop("data/en/shard-000003.tar")
+    assert emptied.exists()
+    gone = ["data/en/shard-000003.tar", "data/en/never-there.tar"]
+    report = publish_files(target, release, delete=gone, log=lambda _: None, backoff_s=0.0)
+    assert report.deleted == ["data/en/shard-000003.tar"] and report.uploaded == [] and report.commits == 1
+    assert "data/en/shard-000003.tar" not in fake_hub.files(REPO)
+    assert fake_hub.commits(REPO)[-1].deleted == ["data/en/shard-000003.tar"]
+    again = publish_files(target, release, delete=gone, log=lambda _: None, backoff_s=0.0)
+    assert again.deleted == [] and again.commits == 0
+    _assert_exactly_once(fake_hub, release)
+
+
 def test_existing_repo_and_foreign_files_are_left_alone(fake_hub: FakeHub, target: HubTarget,
                                                         release: dict[str, Path]) -> None:
     fake_hub.create(REPO, files={"NOTICE.txt": b"kept", "README.md": b"an older card\n"})
