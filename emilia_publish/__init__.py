@@ -1,1 +1,2 @@
-"""Publishing: WebDataset shards, index, dataset card and the Hugging Face upload (no Dagster here)."""
+"""Publishing (no Dagster here): the release writer (`release`, with its `summary`, `lock` and `parquet`), the
+WebDataset shards' index, the dataset card, the publish filters and the Hugging Face upload."""
