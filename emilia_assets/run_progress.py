@@ -78,7 +78,7 @@ class RunWatch:
         now = time.monotonic()
         pending = [e for e in self.seen.values() if e.run.status not in TERMINAL]
         if not pending:
-            return "no run pending (none requested yet: the sensors have not created the next run)"
+            return "  no run pending: none has been requested yet (e.g. a sensor has not created it), or all finished"
         return "\n".join(
             f"  {e.run.job_name} run {e.run.run_id} batch {e.run.tags.get('dagster/partition')}: "
             f"{e.run.status.value}, quiet for {now - e.changed_at:.0f} s, last event {e.last_event}"
