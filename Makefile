@@ -25,12 +25,13 @@ demo: setup clean
 	# Random weights detect no language with confidence, so the demo names it (as ASR_LANGUAGE does in production).
 	ASR_LANGUAGE=en RAW_AUDIO_SENSOR_INTERVAL_S=5 $(VENV)/bin/python -m emilia_assets.demo
 
+# -rs: every skipped test is listed with its reason (e.g. real model files absent from ../shared/models).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -rs -p no:cacheprovider
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -rs -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -6,10 +6,15 @@ Each stage is optional (its config `None` turns it off): without separation the 
 diarizer the episode is one speaker, without ASR the language is the caller's hint and the text empty, without
 DNSMOS no scores. A segment is dropped only by the segmentation rules or because ASR found its language
 unsupported or uncertain (Emilia's rule); DNSMOS scores are recorded, never used to drop a segment.
+
+`all_segments.json` records what ran, not what was configured: `stages` and `stage_seconds` list the stages that
+executed for this episode (ASR and DNSMOS do not run on an episode without speech), and `separation_removed_db`
+is the level of what separation took out of the mix (so a separator that returned the mix would show).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,17 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from emilia_pipe import audio as audio_io
 from emilia_pipe.asr import AsrConfig, WhisperAsr
 from emilia_pipe.diarization import DiarizationConfig, PyannoteDiarizer
 from emilia_pipe.dnsmos import Dnsmos, DnsmosConfig
-from emilia_pipe.export import Segment, write_episode
+from emilia_pipe.export import Segment, write_index, write_segments
 from emilia_pipe.keys import UNKNOWN_LANGUAGE, safe_language, segment_name
 from emilia_pipe.segmentation import SegmentationRules, Span, segment
 from emilia_pipe.separation import MdxSeparator, SeparationConfig
 from emilia_pipe.vad import SileroVad, VadConfig
 
 T = TypeVar("T")
+STAGE_ORDER = ("standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export")
+_LEVEL_FLOOR_DB = -120.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,7 @@ class PipeConfig:
     def stages(self) -> list[str]:
         """The stages this config runs, in the order they run."""
         on = {"separate": self.separation, "diarize": self.diarization, "asr": self.asr, "dnsmos": self.dnsmos}
-        order = ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
-        return [s for s in order if on.get(s, True) is not None]
+        return [s for s in STAGE_ORDER if on.get(s, True) is not None]
 
 
 @dataclass
@@ -101,6 +109,9 @@ class EmiliaPipeline:
         audio = timed("standardize", audio_io.standardize, path, sr, cfg.target_dbfs)
         duration = audio.size / sr
         vocals = timed("separate", self.separator.vocals, audio, sr) if self.separator else audio
+        evidence: dict[str, Any] = {}
+        if self.separator:
+            evidence["separation_removed_db"] = removed_db(audio, vocals)
         if self.diarizer:
             turns = timed("diarize", self.diarizer.turns, vocals, sr, episode_id)
         else:
@@ -142,12 +153,13 @@ class EmiliaPipeline:
                 words=tr.words if tr else None,
             )
             segments.append(seg)
-        meta = {"episode_id": episode_id, "duration": round(duration, 3), "language": language,
-                "stages": cfg.stages, "dropped": dropped}
+        files = timed("export", write_segments, out_dir, vocals, sr, segments, cfg.mp3_bitrate_kbps)
+        ran = [s for s in STAGE_ORDER if s in timings]
+        meta = {"episode_id": episode_id, "duration": round(duration, 3), "language": language, "stages": ran,
+                "stage_seconds": {s: round(timings[s], 4) for s in ran}, **evidence, "dropped": dropped}
         meta.update(episode_meta or {})
-        files = timed("export", write_episode, out_dir, vocals, sr, segments, meta, cfg.mp3_bitrate_kbps)
+        files.append(timed("export", write_index, out_dir, segments, meta))
         return EpisodeResult(episode_id, language, duration, segments, dropped, timings, files)
-
 
     def runtime_devices(self) -> dict[str, str]:
         """Where each model stage really runs, read back from the loaded runtimes (not from the settings): ONNX
@@ -166,6 +178,22 @@ class EmiliaPipeline:
 
 def _provider_device(provider: str) -> str:
     return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(provider, provider)
+
+
+def removed_db(mix: np.ndarray, vocals: np.ndarray, chunk: int = 1 << 22) -> float:
+    """Energy of `mix - vocals` relative to the mix, in dB (floored at -120 dB: identical signals).
+
+    Summed in chunks so an hour-long episode needs no second full-length array.
+    """
+    removed = total = 0.0
+    for i in range(0, mix.size, chunk):
+        m = mix[i : i + chunk].astype(np.float64)
+        d = m - vocals[i : i + chunk]
+        removed += float(np.dot(d, d))
+        total += float(np.dot(m, m))
+    if total <= 0.0 or removed <= 0.0:
+        return _LEVEL_FLOOR_DB
+    return round(max(_LEVEL_FLOOR_DB, 10.0 * math.log10(removed / total)), 2)
 
 
 def _episode_language(transcripts: list[Any], hint: str) -> str:
