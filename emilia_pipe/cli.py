@@ -6,8 +6,9 @@
 
 `process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
 completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A file's key is its path relative to
-`--root` (default: the working directory), so `emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data`
-gives the episode the same id, and the same result, as the batch that picks it up from a store rooted at `data`.
+`--root` (default: the files' closest common folder), so
+`emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data` gives the episode the same id, and the same
+result, as the batch that picks it up from a store rooted at `data`.
 `run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
 the Dagster asset does.
 """
@@ -56,13 +57,15 @@ def _process(args: argparse.Namespace) -> int:
     from emilia_pipe.runner import Episode, run_batch
     from emilia_store import LocalStore, ObjectInfo
 
-    root = Path(args.root or os.getcwd()).resolve()
-    objects = []
-    for file in args.files:
-        path = Path(file).resolve()
+    paths = [Path(f).resolve() for f in args.files]
+    for file, path in zip(args.files, paths, strict=True):
         if not path.is_file():
             print(f"FAILED {file}: no such file", file=sys.stderr)
             return 2
+    # Without --root, the files' closest common folder: distinct files keep distinct keys (and episode ids).
+    root = Path(args.root).resolve() if args.root else Path(os.path.commonpath([p.parent for p in paths]))
+    objects = []
+    for file, path in zip(args.files, paths, strict=True):
         if root not in path.parents:
             print(f"FAILED {file}: outside --root {root} (its key is its path relative to the root)", file=sys.stderr)
             return 2
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
     p.add_argument("--stages", default=None, help="optional stages to run, comma-separated (default: all)")
     p.add_argument("--root", default=None, help="keys (and so episode ids) are paths relative to this folder "
-                   "(default: the working directory)")
+                   "(default: the files' closest common folder)")
     _pool_args(p)
     p.set_defaults(func=_process)
     b = sub.add_parser("run-batch", help="process one batch manifest of a store, as the Dagster asset does")
