@@ -201,4 +201,6 @@ def test_downloads_run_ahead_of_the_workers(store, tmp_path, monkeypatch):
     assert serial.status["status"].to_list() == ahead.status["status"].to_list() == ["done"] * 5
     # each next file was already local when the worker finished the previous one
     assert all(t[ids[i + 1]]["fetched"] < t[ids[i]]["processed"] for i in range(len(ids) - 1))
+    print(f"prefetch: {ahead_s:.1f} s with downloads ahead, {serial_s:.1f} s one file at a time "
+          f"(ratio {ahead_s / serial_s:.2f}; 5 episodes, 1.5 s download and 1.5 s processing each)")
     assert ahead_s < 0.75 * serial_s, (ahead_s, serial_s)
