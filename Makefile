@@ -28,7 +28,7 @@ demo: setup clean
 # -rs: every skipped test is listed with its reason (e.g. real model files absent from ../shared/models).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -rs -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -rs --durations=15 -p no:cacheprovider
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -rs -m "not slow"
