@@ -163,21 +163,38 @@ class EmiliaPipeline:
 
     def runtime_devices(self) -> dict[str, str]:
         """Where each model stage really runs, read back from the loaded runtimes (not from the settings): ONNX
-        Runtime's session providers, CTranslate2's model device, the diarization pipeline's torch device."""
+        Runtime's session providers or the torch executor's device, CTranslate2's model device, the diarization
+        pipeline's torch device."""
         out: dict[str, str] = {"vad": "cpu"}
         if self.separator:
-            out["separate"] = _provider_device(self.separator.provider)
+            out["separate"] = self.separator.runtime_device
         if self.dnsmos:
-            out["dnsmos"] = _provider_device(self.dnsmos.providers[0])
+            out["dnsmos"] = self.dnsmos.runtime_device
         if self.asr:
             out["asr"] = str(getattr(self.asr.model.model, "device", self.asr.device))
         if self.diarizer:
-            out["diarize"] = str(getattr(self.diarizer.pipeline, "device", "unknown"))
+            out["diarize"] = self.diarizer.runtime_device
+        return out
+
+    def runtime_backends(self) -> dict[str, str]:
+        """How each model stage runs (library, precision, device, batch), for logs, doctor and benchmark records."""
+        out: dict[str, str] = {"vad": f"silero-vad torch jit on cpu, {torch_threads()} threads"}
+        if self.separator:
+            out["separate"] = f"{self.separator.runtime}, {self.separator.batch} windows per call"
+        if self.dnsmos:
+            out["dnsmos"] = f"{self.dnsmos.runtime}, {self.dnsmos.config.batch_size} windows per call"
+        if self.asr:
+            out["asr"] = (f"ctranslate2 {self.asr.compute_type} on {self.runtime_devices()['asr']}, "
+                          f"batch {self.asr.config.batch_size}")
+        if self.diarizer:
+            out["diarize"] = self.diarizer.runtime
         return out
 
 
-def _provider_device(provider: str) -> str:
-    return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(provider, provider)
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def removed_db(mix: np.ndarray, vocals: np.ndarray, chunk: int = 1 << 22) -> float:
