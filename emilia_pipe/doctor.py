@@ -95,7 +95,7 @@ def run_doctor(models_dir: str, device: str, stages: list[str], load: bool, hf_t
         models = ModelSet.load(models_dir) if models_dir else ModelSet()
         report.facts["models"] = {"dir": models_dir or None, **models.__dict__}
         where = models_dir or "Hugging Face ids (no EMILIA_MODELS_DIR)"
-        note = " (random weights: output is not a dataset)" if models.kind == "tiny" else ""
+        note = " (random weights: output is not a dataset)" if models.kind in ("tiny", "full-size") else ""
         report.add("model set", True, f"{models.kind} from {where}{note}")
     except Exception as err:  # noqa: BLE001 - reported
         report.add("model set", False, f"{type(err).__name__}: {err}")

@@ -57,14 +57,15 @@ class OnnxTorchModel:
         half: whether heavy ops run in float16 (see the module docstring).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", half: bool = False):
+    def __init__(self, path: str | Path | Any, device: str | torch.device = "cpu", half: bool = False):
         import onnx
         from onnx import numpy_helper
 
-        self.path = str(path)
+        is_proto = isinstance(path, onnx.ModelProto)
+        self.path = f"<in-memory {path.graph.name}>" if is_proto else str(path)
         self.device = torch.device(device)
         self.half = half
-        model = onnx.load(self.path)
+        model = path if is_proto else onnx.load(self.path)
         graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self._consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
