@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="separate,diarize,asr,dnsmos")
     parser.add_argument("--language", default="en", help="forced ASR language (random weights detect none)")
     parser.add_argument("--beam-size", type=int, default=5, help="ASR beam (production: 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=48,
+                        help="tokens decoded per segment: random weights never end a transcript on their own; 48 is "
+                             "about 15 s of English speech (0 = no cap)")
     parser.add_argument("--no-overlap", action="store_true", help="workers run one episode start to end")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -232,15 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in args.stages.split(",") if s]
     pipe_device = "cpu" if args.device == "cpu" else "cuda"  # inside a worker its one GPU is always cuda:0
     config = build_pipe_config(models, stages=stages, device=pipe_device, asr_language=args.language or None,
-                               asr_beam_size=args.beam_size)
+                               asr_beam_size=args.beam_size, asr_max_new_tokens=args.max_new_tokens or None)
     settings = RunnerSettings(progress_interval_s=3600, overlap=not args.no_overlap)
     episode_minutes = args.episode_minutes or min(20.0, max(args.minutes / 6, 0.25))
     report = {"benchmark": "gpu_throughput", "machine": machine(), "device_setting": args.device,
               "models": {"dir": str(models_dir), "kind": models.kind, "sizes": model_sizes(models_dir)},
-              "stages": stages, "asr_beam_size": args.beam_size, "overlap": not args.no_overlap,
+              "stages": stages, "asr_beam_size": args.beam_size, "asr_max_new_tokens": args.max_new_tokens or None,
+              "overlap": not args.no_overlap,
               "reference": {"emilia_audio_h_per_gpu_h": EMILIA_AUDIO_H_PER_GPU_H,
                             "target_audio_h_per_gpu_h": TARGET_AUDIO_H_PER_GPU_H},
               "runs": []}
+    out = Path(args.out or ROOT / f"benchmarks/results/gpu_throughput_{args.device.split(':')[0]}_{models.kind}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="emilia-bench-") as tmp:
         t0 = time.monotonic()
         episodes = make_episodes(args.minutes, episode_minutes, Path(tmp) / "episodes")
@@ -250,11 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {workers} worker(s), {args.minutes} min of audio, device {args.device}", flush=True)
             run = run_one(workers, args.device, episodes, config, Path(tmp), args.language, settings)
             report["runs"].append(run)
+            out.write_text(json.dumps(report, indent=1, default=str))  # after each run: a timeout keeps the rest
             print(json.dumps({k: run[k] for k in ("workers", "wall_s", "pipe_audio_h_per_gpu_h", "cpu_cores_used",
                                                   "gpu_util_mean_pct", "gpu_mem_peak_gib", "episodes")}),
                   flush=True)
-    out = Path(args.out or ROOT / f"benchmarks/results/gpu_throughput_{args.device.split(':')[0]}_{models.kind}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"{'workers':>7} {'audio h/GPU h':>13} {'cores':>6} {'GPU %':>6} {'peak GiB':>8}  stage audio h per busy h")
     for run in report["runs"]:

@@ -234,15 +234,17 @@ def tiny(directory: Path, dnsmos_dir: Path | None = None) -> ModelSet:
 
 
 def full_size(directory: Path, dnsmos_dir: Path | None = None, init_device: str | None = None,
-              whisper_shape=None, mdx_shape=None) -> ModelSet:
+              whisper_shape=None, mdx_shape=None, with_whisper: bool = True, tiktoken: Path | None = None) -> ModelSet:
     """Random-weight models at production size, for timings: speed depends on shapes, not on weights.
 
     Whisper large-v3's dimensions (converted to CTranslate2, float16; 1.55 B parameters, drawn on `init_device`),
     an MDX-Net of UVR-MDX-NET-Inst_HQ_3's shape (`emilia_pipe.tiny.mdx_net`: file size and FLOPs documented there),
     pyannote's real architectures at community-1's segmentation step 0.1, and the real DNSMOS files from
     `dnsmos_dir` (required: they are small and their cost is what is measured). `whisper_shape` / `mdx_shape`
-    override the sizes (tests build scaled-down ones through the same code). Writes `DIR/models.json` with
-    `kind: full-size` and `DIR/model_sizes.json` (parameters, file bytes, FLOPs).
+    override the sizes (tests build scaled-down ones through the same code). `with_whisper=False` skips Whisper
+    (a machine where CTranslate2 cannot use the GPU measures the other stages); `tiktoken` is Whisper's tokenizer
+    file for a machine without PyPI. Writes `DIR/models.json` with `kind: full-size` and `DIR/model_sizes.json`
+    (parameters, file bytes, FLOPs).
     """
     from emilia_pipe.tiny import mdx_net
     from emilia_pipe.tiny import pyannote as tiny_pyannote
@@ -255,8 +257,13 @@ def full_size(directory: Path, dnsmos_dir: Path | None = None, init_device: str 
     directory.mkdir(parents=True, exist_ok=True)
     wshape = whisper_shape or tiny_whisper.LARGE_V3
     mshape = mdx_shape or mdx_net.MdxNetShape()
-    whisper = tiny_whisper.build(directory / "whisper", tiny_whisper.fetch_tiktoken(directory / ".cache"),
-                                 shape=wshape, init_device=init_device, quantization="float16")
+    whisper: str | Path = WHISPER_DEFAULT  # an id no stage resolves while ASR is off
+    if with_whisper:
+        if tiktoken is not None:
+            (directory / ".cache").mkdir(exist_ok=True)
+            shutil.copyfile(tiktoken, directory / ".cache" / Path(tiktoken).name)
+        whisper = tiny_whisper.build(directory / "whisper", tiny_whisper.fetch_tiktoken(directory / ".cache"),
+                                     shape=wshape, init_device=init_device, quantization="float16")
     diarization = tiny_pyannote.build(directory / "diarization", segmentation_step=tiny_pyannote.PRODUCTION_STEP)
     separation = mdx_net.build(directory / "separation" / "mdx_net_inst_hq3_shape.onnx", mshape)
     (directory / "dnsmos").mkdir(exist_ok=True)
@@ -267,7 +274,7 @@ def full_size(directory: Path, dnsmos_dir: Path | None = None, init_device: str 
     sizes = {
         "whisper": {"shape": {k: v for k, v in asdict(wshape).items() if k != "languages"},
                     "languages": len(wshape.languages),
-                    "model_bin_bytes": (Path(whisper) / "model.bin").stat().st_size},
+                    "model_bin_bytes": (Path(whisper) / "model.bin").stat().st_size} if with_whisper else None,
         "separation": mdx_net.describe(mshape, separation),
         "diarization": {"segmentation_step": tiny_pyannote.PRODUCTION_STEP, "architectures":
                         "PyanNet (segmentation-3.0 shape) + WeSpeakerResNet34 (community-1's embedding)"},

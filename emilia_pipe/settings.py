@@ -53,6 +53,7 @@ def build_pipe_config(
     asr_initial_prompt: str | None = None,
     asr_supported_languages: tuple[str, ...] | None = None,
     asr_min_language_probability: float = 0.5,
+    asr_max_new_tokens: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     separation_chunk_s: float = 30.0,
@@ -105,6 +106,7 @@ def build_pipe_config(
             word_timestamps=asr_word_timestamps,
             initial_prompt=asr_initial_prompt or None,
             min_language_probability=asr_min_language_probability,
+            max_new_tokens=asr_max_new_tokens,
             **({"supported_languages": tuple(asr_supported_languages)} if asr_supported_languages else {}),
         )
     if "dnsmos" in on:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.shared_models import SHARED_MODELS, needs_shared_models
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,3 +63,24 @@ def test_the_old_h200_result_says_where_each_stage_ran():
     assert doc["stage_devices"]["separate"] == doc["stage_devices"]["dnsmos"] == "cpu"
     assert doc["stage_devices"]["diarize"] == "cuda" and "asr" not in doc["stage_s_per_audio_hour"]
     assert set(doc["stage_devices"]) == set(doc["stage_s_per_audio_hour"])
+
+
+@needs_shared_models("dnsmos/sig_bak_ovr.onnx", "dnsmos/model_v8.onnx")
+def test_the_device_script_runs_its_cpu_path(tmp_path, tiny_models):
+    """benchmarks/gpu_throughput_device.sh end to end on the CPU: environment record, tiny models built from the
+    real DNSMOS, doctor read-back, the throughput run; the same steps the GPU session runs with --device cuda."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "MODELS": str(tmp_path / "models"),
+           "DNSMOS_DIR": str(SHARED_MODELS / "dnsmos"),
+           "TIKTOKEN": str(tiny_models / ".cache" / "multilingual.tiktoken")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_throughput_device.sh", "--device", "cpu", "--minutes", "1",
+                           "--workers", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["modules"]["torch"] and "gpus" in environment
+    doctor = json.loads((out / "doctor.json").read_text())
+    assert doctor["ok"] and set(doctor["facts"]["stage_devices"].values()) == {"cpu"}
+    report = json.loads((out / "gpu_throughput_device_cpu_tiny.json").read_text())
+    assert report["stages"] == ["separate", "diarize", "asr", "dnsmos"]
+    assert [r["workers"] for r in report["runs"]] == [1] and report["runs"][0]["episodes"]["failed"] == 0
+    assert "done (rc 0)" in (out / "device.log").read_text()
