@@ -10,6 +10,13 @@ unsupported or uncertain (Emilia's rule); DNSMOS scores are recorded, never used
 `all_segments.json` records what ran, not what was configured: `stages` and `stage_seconds` list the stages that
 executed for this episode (ASR and DNSMOS do not run on an episode without speech), and `separation_removed_db`
 is the level of what separation took out of the mix (so a separator that returned the mix would show).
+
+`process` is `prepare` (decode, resample: CPU), `infer` (the model stages) and `finish` (MP3 export: CPU); a worker
+runs them for different episodes at once (`emilia_pipe.pool`). On a GPU the separator's window batches stay on the
+device from STFT to inverse STFT; the vocals cross to the host once, chunk by chunk, because every consumer needs
+them there: Silero VAD stays on CPU threads (its 32 ms frames run one after another; measured ~80-100x realtime
+per core on the 2-core VM, about 2 cores per GPU at 200 audio hours per GPU hour; a GPU run of that loop was not
+measured), CTranslate2 and the MP3 encoder take numpy arrays, and pyannote moves its own 10 s chunks to the GPU.
 """
 
 from __future__ import annotations

@@ -173,8 +173,12 @@ class _StagedWorker:
                 self._stopping.set()
                 self._inbox.put(None)
                 return
-            future = self._cpu.submit(self.processor.prepare, Path(task.audio_path), task.episode_id,
-                                      Path(task.out_dir), language_hint=task.language_hint, episode_meta=task.meta)
+            try:
+                future = self._cpu.submit(self.processor.prepare, Path(task.audio_path), task.episode_id,
+                                          Path(task.out_dir), language_hint=task.language_hint,
+                                          episode_meta=task.meta)
+            except RuntimeError:  # the worker is exiting (out of memory): the parent requeues what it sent
+                return
             self._inbox.put((task, future, time.perf_counter()))
 
     def run(self) -> None:
