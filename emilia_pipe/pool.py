@@ -84,14 +84,16 @@ def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_
     try:
         module, _, name = factory.partition(":")
         processor = getattr(importlib.import_module(module), name)(config)
-        _set_threads(threads)
+        staged = overlap and all(hasattr(processor, m) for m in ("prepare", "infer", "finish"))
+        # With overlap, decoding and encoding threads run beside the models: torch's own threads leave them their
+        # cores (OpenMP threads that wait for a core taken by a decoder stall every small op, e.g. Silero's).
+        _set_threads(max(1, threads - _StagedWorker.CPU_THREADS) if staged else threads)
         devices = processor.runtime_devices() if hasattr(processor, "runtime_devices") else {}
         backends = processor.runtime_backends() if hasattr(processor, "runtime_backends") else {}
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which fails the batch with it
         conn.send({"kind": "fatal", "slot": slot.index, "pid": pid, "error": _describe(err),
                      "traceback": traceback.format_exc(limit=20)})
         return
-    staged = overlap and all(hasattr(processor, m) for m in ("prepare", "infer", "finish"))
     conn.send({"kind": "ready", "slot": slot.index, "pid": pid, "devices": devices, "backends": backends,
                "overlap": staged})
     if staged:
@@ -150,12 +152,13 @@ class _StagedWorker:
     """
 
     MAX_EXPORTING = 2  # episodes waiting for or in `finish`: bounds the vocals held in memory
+    CPU_THREADS = 2  # prepare + finish threads
 
     def __init__(self, slot: WorkerSlot, processor: Any, one_shot: bool, conn: Any):
         self.slot, self.processor, self.one_shot, self.conn = slot, processor, one_shot, conn
         self.pid = os.getpid()
         self._send_lock = threading.Lock()
-        self._cpu = ThreadPoolExecutor(2, thread_name_prefix="emilia-cpu")
+        self._cpu = ThreadPoolExecutor(self.CPU_THREADS, thread_name_prefix="emilia-cpu")
         self._inbox: queue.Queue[tuple[Task, Future, float] | None] = queue.Queue()
         self._stopping = threading.Event()  # the parent asked us to stop, or an error means we must exit
 
