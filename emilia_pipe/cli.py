@@ -162,9 +162,13 @@ def _models_fetch(args: argparse.Namespace) -> int:
 
 
 def _models_tiny(args: argparse.Namespace) -> int:
-    from emilia_pipe.models import tiny
+    from emilia_pipe.models import full_size, tiny
 
-    models = tiny(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None)
+    if args.full_size:
+        models = full_size(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None, init_device=args.init_device,
+                           with_whisper=not args.no_whisper, tiktoken=Path(args.tiktoken) if args.tiktoken else None)
+    else:
+        models = tiny(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None)
     print(json.dumps({"dir": args.dir, "kind": models.kind}))
     return 0
 
@@ -207,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     f.set_defaults(func=_models_fetch)
     t = m.add_parser("tiny", help="write random-weight models in the production formats into DIR")
     t.add_argument("dir")
-    t.add_argument("--dnsmos", default=None, help="folder with the real DNSMOS files to copy (else stand-ins)")
+    t.add_argument("--dnsmos", default=None, help="folder with the real DNSMOS files to copy (else stand-ins; "
+                   "required with --full-size)")
+    t.add_argument("--full-size", action="store_true", help="production sizes instead (Whisper large-v3, an MDX-Net "
+                   "of UVR-MDX-NET-Inst_HQ_3's shape, pyannote at step 0.1): for GPU timings, ~3.2 GB")
+    t.add_argument("--init-device", default=None, help="where to draw the large Whisper's weights (e.g. cuda)")
+    t.add_argument("--no-whisper", action="store_true", help="with --full-size: skip Whisper (ASR not measured)")
+    t.add_argument("--tiktoken", default=None, help="Whisper's multilingual.tiktoken, for a machine without PyPI")
     t.set_defaults(func=_models_tiny)
     args = parser.parse_args(argv)
     return args.func(args)
