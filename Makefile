@@ -26,12 +26,13 @@ demo: setup clean
 	# Their output may only be published as a test release (HF_TEST_RELEASE=1); the card says so.
 	ASR_LANGUAGE=en HF_TEST_RELEASE=1 RAW_AUDIO_SENSOR_INTERVAL_S=5 $(VENV)/bin/python -m emilia_assets.demo
 
+# -rs: every skipped test is listed with its reason (e.g. real model files absent from ../shared/models).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -rs --durations=15 -p no:cacheprovider
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -rs -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

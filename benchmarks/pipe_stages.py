@@ -5,7 +5,8 @@
 Builds one pipeline (models load once, as a worker does), runs it on a synthetic episode made by concatenating the
 bundled samples, and reports each stage's seconds per hour of audio. Speed is also given as a ratio against a
 baseline measured in the same process: decoding the same episode (the one stage every configuration runs), so runs
-on different machines can be compared by their ratios. Writes JSON to benchmarks/out/pipe_stages.json.
+on different machines can be compared by their ratios. Each stage's device is read back from the loaded runtime
+(`stage_devices`), never taken from `--device`. Writes JSON to benchmarks/out/pipe_stages.json.
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ def main() -> int:
         result = pipeline.process(wav, "bench", Path(tmp) / "out", language_hint="en")
         total = time.perf_counter() - t0
     per_hour = {k: round(v / hours, 2) for k, v in result.stage_seconds.items()}
+    # Read back from the loaded runtimes: a CUDA setting is not proof that a stage ran on the GPU.
+    stage_devices = {"standardize": "cpu", **pipeline.runtime_devices(), "export": "cpu"}
     report = {
         "machine": platform.node(),
-        "device": args.device,
+        "device_setting": args.device,
+        "stage_devices": {k: stage_devices[k] for k in per_hour if k in stage_devices},
+        "stage_backends": pipeline.runtime_backends(),
         "models": ModelSet.load(args.models).kind,
         "audio_minutes": args.minutes,
         "segments": len(result.segments),
@@ -93,9 +98,9 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    print(f"{'stage':<12} {'s / audio h':>12} {'x decode':>9}")
+    print(f"{'stage':<12} {'s / audio h':>12} {'x decode':>9}  ran on")
     for k, v in per_hour.items():
-        print(f"{k:<12} {v:>12.1f} {report['stage_vs_decode_baseline'][k]:>9.1f}")
+        print(f"{k:<12} {v:>12.1f} {report['stage_vs_decode_baseline'][k]:>9.1f}  {stage_devices.get(k, '?')}")
     print(f"total {report['total_s_per_audio_hour']} s per audio hour (RTF {report['real_time_factor']}), "
           f"{report['segments']} segments, models loaded in {report['model_load_s']} s")
     return 0

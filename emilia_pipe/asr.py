@@ -47,6 +47,9 @@ class AsrConfig:
     initial_prompt: str | None = None
     beam_size: int = 5
     temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # Tokens decoded per segment at most (None: Whisper's own 448). Benchmarks on random weights set it: such a
+    # model never emits end-of-text, so without a cap every segment would cost a full 448-token decode.
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # Fail at construction, not an hour into a batch.
@@ -229,6 +232,7 @@ class WhisperAsr:
             temperature=cfg.temperature,
             word_timestamps=cfg.word_timestamps,
             initial_prompt=cfg.initial_prompt,
+            max_new_tokens=cfg.max_new_tokens,
         )
         segments = list(segments)
         if len(segments) != len(bounds):

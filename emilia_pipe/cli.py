@@ -7,8 +7,9 @@
 
 `process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
 completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A file's key is its path relative to
-`--root` (default: the working directory), so `emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data`
-gives the episode the same id, and the same result, as the batch that picks it up from a store rooted at `data`.
+`--root` (default: the files' closest common folder), so
+`emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data` gives the episode the same id, and the same
+result, as the batch that picks it up from a store rooted at `data`.
 `run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
 the Dagster asset does.
 """
@@ -57,13 +58,15 @@ def _process(args: argparse.Namespace) -> int:
     from emilia_pipe.runner import Episode, run_batch
     from emilia_store import LocalStore
 
-    root = Path(args.root or os.getcwd()).resolve()
-    objects = []
-    for file in args.files:
-        path = Path(file).resolve()
+    paths = [Path(f).resolve() for f in args.files]
+    for file, path in zip(args.files, paths, strict=True):
         if not path.is_file():
             print(f"FAILED {file}: no such file", file=sys.stderr)
             return 2
+    # Without --root, the files' closest common folder: distinct files keep distinct keys (and episode ids).
+    root = Path(args.root).resolve() if args.root else Path(os.path.commonpath([p.parent for p in paths]))
+    objects = []
+    for file, path in zip(args.files, paths, strict=True):
         if root not in path.parents:
             print(f"FAILED {file}: outside --root {root} (its key is its path relative to the root)", file=sys.stderr)
             return 2
@@ -172,9 +175,13 @@ def _models_fetch(args: argparse.Namespace) -> int:
 
 
 def _models_tiny(args: argparse.Namespace) -> int:
-    from emilia_pipe.models import tiny
+    from emilia_pipe.models import full_size, tiny
 
-    models = tiny(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None)
+    if args.full_size:
+        models = full_size(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None, init_device=args.init_device,
+                           with_whisper=not args.no_whisper, tiktoken=Path(args.tiktoken) if args.tiktoken else None)
+    else:
+        models = tiny(Path(args.dir), Path(args.dnsmos) if args.dnsmos else None)
     print(json.dumps({"dir": args.dir, "kind": models.kind}))
     return 0
 
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help="folder with models.json (default $EMILIA_MODELS_DIR)")
     p.add_argument("--stages", default=None, help="optional stages to run, comma-separated (default: all)")
     p.add_argument("--root", default=None, help="keys (and so episode ids) are paths relative to this folder "
-                   "(default: the working directory)")
+                   "(default: the files' closest common folder)")
     _pool_args(p)
     p.set_defaults(func=_process)
     b = sub.add_parser("run-batch", help="process one batch manifest of a store, as the Dagster asset does")
@@ -223,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     f.set_defaults(func=_models_fetch)
     t = m.add_parser("tiny", help="write random-weight models in the production formats into DIR")
     t.add_argument("dir")
-    t.add_argument("--dnsmos", default=None, help="folder with the real DNSMOS files to copy (else stand-ins)")
+    t.add_argument("--dnsmos", default=None, help="folder with the real DNSMOS files to copy (else stand-ins; "
+                   "required with --full-size)")
+    t.add_argument("--full-size", action="store_true", help="production sizes instead (Whisper large-v3, an MDX-Net "
+                   "of UVR-MDX-NET-Inst_HQ_3's shape, pyannote at step 0.1): for GPU timings, ~3.2 GB")
+    t.add_argument("--init-device", default=None, help="where to draw the large Whisper's weights (e.g. cuda)")
+    t.add_argument("--no-whisper", action="store_true", help="with --full-size: skip Whisper (ASR not measured)")
+    t.add_argument("--tiktoken", default=None, help="Whisper's multilingual.tiktoken, for a machine without PyPI")
     t.set_defaults(func=_models_tiny)
     args = parser.parse_args(argv)
     return args.func(args)

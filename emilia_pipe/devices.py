@@ -183,3 +183,54 @@ def require_onnx_device(session, device: str, stage: str) -> str:
             "(CUDA or cuDNN libraries missing? onnxruntime's log says which)"
         )
     return provider
+
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+PRECISIONS = ("auto", "float32", "float16")
+
+
+def onnx_backend(backend: str, device: str, stage: str) -> str:
+    """Which runtime executes a stage's ONNX file: `onnxruntime` or `torch` (`emilia_pipe.onnx_torch`).
+
+    `auto` is ONNX Runtime on the CPU (the reference the torch executor is tested against) and torch on a GPU, where
+    the models then sit next to the torch front ends with no host round trip per batch and can run in float16;
+    ONNX Runtime's CUDA provider stays available as `onnxruntime` (the image ships onnxruntime-gpu).
+    """
+    b = backend.strip().lower()
+    if b not in BACKENDS:
+        raise ValueError(f"{stage}: backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if b != "auto":
+        return b
+    return "onnxruntime" if cuda_index(device) is None else "torch"
+
+
+def onnx_precision(precision: str, backend: str, device: str, stage: str) -> str:
+    """`float32` or `float16`; `auto` is float16 for the torch executor on a GPU, float32 everywhere else.
+
+    float16 needs the torch executor (ONNX Runtime would need a converted file).
+    """
+    p = precision.strip().lower()
+    if p not in PRECISIONS:
+        raise ValueError(f"{stage}: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if p == "auto":
+        return "float16" if backend == "torch" and cuda_index(device) is not None else "float32"
+    if p == "float16" and backend != "torch":
+        raise ValueError(f"{stage}: precision float16 needs the torch backend (ONNX Runtime runs the float32 file)")
+    return p
+
+
+def torch_device(device: str, stage: str):
+    """The torch device for a stage; CUDA that torch cannot see is an error, never a quiet CPU run."""
+    import torch
+
+    index = cuda_index(device)
+    if index is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"{stage}: device {device!r} was requested but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); set the stage's device to cpu on purpose"
+        )
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"{stage}: device {device!r} was requested but torch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device(f"cuda:{index}")

@@ -48,9 +48,11 @@ class DiarizationConfig:
     device: str = "cpu"
     min_speakers: int | None = None
     max_speakers: int | None = None
+    segmentation_batch_size: int | None = None
+    embedding_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_speakers", "max_speakers"):
+        for name in ("min_speakers", "max_speakers", "segmentation_batch_size", "embedding_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -97,7 +99,23 @@ class PyannoteDiarizer:
                 f"could not load diarization pipeline {model!r}: a gated model needs HF_TOKEN and its user "
                 "conditions accepted on huggingface.co"
             )
+        if config.segmentation_batch_size is not None:
+            pipeline.segmentation_batch_size = config.segmentation_batch_size
+        if config.embedding_batch_size is not None:
+            pipeline.embedding_batch_size = config.embedding_batch_size
         self.pipeline = pipeline.to(device)
+
+    @property
+    def runtime_device(self) -> str:
+        """Where the pipeline's models really are ("cuda" / "cpu"), read back from pyannote."""
+        return str(getattr(self.pipeline, "device", "unknown")).split(":")[0]
+
+    @property
+    def runtime(self) -> str:
+        p = self.pipeline
+        seg, emb = getattr(p, "segmentation_batch_size", "?"), getattr(p, "embedding_batch_size", "?")
+        return (f"torch on {getattr(p, 'device', 'unknown')}, segmentation batch {seg}, embedding batch {emb}, "
+                f"step {getattr(p, 'segmentation_step', '?')}")
 
     def turns(self, audio: np.ndarray, sample_rate: int, episode_id: str) -> list[Span]:
         """Speaker turns of a mono episode, sorted by start and non-overlapping, clipped to the audio.

@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from emilia_pipe.audio import resample
-from emilia_pipe.devices import onnx_providers, require_onnx_device
+from emilia_pipe.devices import onnx_backend, onnx_precision, onnx_providers, require_onnx_device, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,19 @@ _FIT_OVRL = (-0.06766283, 1.11546468, 0.04602535)
 class DnsmosConfig:
     """Where the ONNX files are and where to run them.
 
-    `device` is `cpu`, `cuda` or `cuda:N` (env `DNSMOS_DEVICE`); CUDA needs onnxruntime-gpu, and a CUDA device that
-    ONNX Runtime cannot serve is an error (`DeviceError`), never a quiet CPU run. `batch_size` is windows (9.01 s each)
-    per ONNX call.
+    `device` is `cpu`, `cuda` or `cuda:N` (env `DNSMOS_DEVICE`); a CUDA device that the chosen backend cannot serve
+    (ONNX Runtime without its CUDA provider, torch without CUDA) is an error (`DeviceError`), never a quiet CPU run.
+    `backend` picks ONNX Runtime or the torch executor of the same files (`auto`: ONNX Runtime on CPU, torch on a
+    GPU, with the log-mel front end on the GPU too); `precision` float16 needs torch. `batch_size` is windows
+    (9.01 s each) per model call.
     """
 
     sig_bak_ovr_path: str
     p808_path: str | None = None
     device: str = "cpu"
     batch_size: int = 16
+    backend: str = "auto"  # DNSMOS_BACKEND: "onnxruntime" | "torch" | "auto" (devices.onnx_backend)
+    precision: str = "auto"  # DNSMOS_PRECISION: "float32" | "float16" | "auto" (devices.onnx_precision)
 
     @classmethod
     def from_env(
@@ -154,34 +158,83 @@ def log_mel(windows: np.ndarray, filters: np.ndarray) -> np.ndarray:
     return ((db + 40.0) / 40.0).astype(np.float32)
 
 
+def log_mel_torch(windows, filters):
+    """`log_mel` on a torch device (float32): the same features without moving a batch to the host.
+
+    Matches the numpy reference to float32 rounding (the test bounds the scores' difference).
+    """
+    import torch
+
+    x = torch.nn.functional.pad(windows.float(), (N_FFT // 2, N_FFT // 2))
+    frames = x.unfold(-1, N_FFT, MEL_HOP)
+    hann = 0.5 - 0.5 * torch.cos(2.0 * torch.pi * torch.arange(N_FFT, device=x.device, dtype=torch.float32) / N_FFT)
+    spec = torch.fft.rfft(frames * hann, n=N_FFT, dim=-1)
+    power = spec.real**2 + spec.imag**2
+    mel = power @ filters.T
+    db = 10.0 * torch.log10(torch.clamp(mel, min=_AMIN))
+    ref = torch.amax(mel, dim=(1, 2), keepdim=True)
+    db = db - 10.0 * torch.log10(torch.clamp(ref, min=_AMIN))
+    db = torch.maximum(db, torch.amax(db, dim=(1, 2), keepdim=True) - _TOP_DB)
+    return (db + 40.0) / 40.0
+
+
 class Dnsmos:
-    """Loads the ONNX sessions once per worker; `score` / `score_many` are called per episode's segments."""
+    """Loads the models once per worker; `score` / `score_many` are called per episode's segments."""
 
     def __init__(self, config: DnsmosConfig):
         if config.batch_size < 1:
             raise ValueError(f"DNSMOS batch_size must be >= 1, got {config.batch_size}")
         self.config = config
-        providers = onnx_providers(config.device, "dnsmos")
-        self._sig = ort.InferenceSession(config.sig_bak_ovr_path, providers=providers)
-        require_onnx_device(self._sig, config.device, "dnsmos")
-        self._sig_input = self._sig.get_inputs()[0].name
-        self._p808: ort.InferenceSession | None = None
-        if config.p808_path:
-            self._p808 = ort.InferenceSession(config.p808_path, providers=providers)
-            self._p808_input = self._p808.get_inputs()[0].name
+        self.backend = onnx_backend(config.backend, config.device, "dnsmos")
+        self.precision = onnx_precision(config.precision, self.backend, config.device, "dnsmos")
         self._filters = mel_filterbank()
+        self._p808: ort.InferenceSession | None = None
+        self._sig_model = self._p808_model = None
+        if self.backend == "onnxruntime":
+            providers = onnx_providers(config.device, "dnsmos")
+            self._sig = ort.InferenceSession(config.sig_bak_ovr_path, providers=providers)
+            require_onnx_device(self._sig, config.device, "dnsmos")
+            self._sig_input = self._sig.get_inputs()[0].name
+            if config.p808_path:
+                self._p808 = ort.InferenceSession(config.p808_path, providers=providers)
+                self._p808_input = self._p808.get_inputs()[0].name
+        else:
+            import torch
+
+            from emilia_pipe.onnx_torch import OnnxTorchModel
+
+            self._device = torch_device(config.device, "dnsmos")
+            half = self.precision == "float16"
+            self._sig_model = OnnxTorchModel(config.sig_bak_ovr_path, self._device, half=half)
+            if config.p808_path:
+                self._p808_model = OnnxTorchModel(config.p808_path, self._device, half=half)
+            self._filters_t = torch.from_numpy(self._filters.astype(np.float32)).to(self._device)
 
     @property
     def providers(self) -> list[str]:
-        """The providers the sessions really use (to log whether CUDA took)."""
-        return self._sig.get_providers()
+        """The providers the ONNX Runtime sessions really use (["torch"] for the torch executor)."""
+        return ["torch"] if self._sig_model is not None else self._sig.get_providers()
+
+    @property
+    def runtime_device(self) -> str:
+        """Where the models really run ("cuda" / "cpu"), read back from the loaded runtime."""
+        if self._sig_model is not None:
+            return self._sig_model.device.type
+        return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(self.providers[0],
+                                                                                    self.providers[0])
+
+    @property
+    def runtime(self) -> str:
+        if self._sig_model is not None:
+            return f"torch {self.precision} on {self._sig_model.device}"
+        return f"onnxruntime {self.providers[0]} float32"
 
     def score(self, audio: np.ndarray, sample_rate: int) -> dict[str, float]:
         """{"sig", "bak", "ovrl"} (and "p808" when configured) for one clip of any length > 0."""
         return self.score_many([audio], sample_rate)[0]
 
     def score_many(self, clips: list[np.ndarray], sample_rate: int) -> list[dict[str, float]]:
-        """Scores for each clip, equal to `score` per clip; windows of all clips share batched ONNX calls.
+        """Scores for each clip, equal to `score` per clip; windows of all clips share batched model calls.
 
         Many short segments each give a few windows, so batching across clips, not within one, fills the batch.
         """
@@ -189,16 +242,14 @@ class Dnsmos:
             return []
         prepared = [tile_to_window(resample(np.asarray(c, dtype=np.float32), sample_rate, DNSMOS_SR)) for c in clips]
         index = [(ci, start) for ci, clip in enumerate(prepared) for start in window_starts(clip.size)]
-        raw = np.empty((len(index), 3), dtype=np.float64)
-        p808 = np.empty(len(index), dtype=np.float64) if self._p808 is not None else None
+        with_p808 = self._p808 is not None or self._p808_model is not None
         step = self.config.batch_size
-        for b in range(0, len(index), step):
-            chunk = index[b : b + step]
-            batch = np.stack([prepared[ci][s : s + WINDOW_SAMPLES] for ci, s in chunk]).astype(np.float32, copy=False)
-            raw[b : b + len(chunk)] = self._sig.run(None, {self._sig_input: batch})[0]
-            if p808 is not None:
-                feats = log_mel(batch[:, :-_P808_TRIM], self._filters)
-                p808[b : b + len(chunk)] = self._p808.run(None, {self._p808_input: feats})[0][:, 0]
+        batches = (
+            np.stack([prepared[ci][s : s + WINDOW_SAMPLES] for ci, s in index[b : b + step]]).astype(
+                np.float32, copy=False)
+            for b in range(0, len(index), step)
+        )
+        raw, p808 = self._run_torch(batches) if self._sig_model is not None else self._run_onnxruntime(batches)
         fitted = np.stack(
             [np.polyval(_FIT_SIG, raw[:, 0]), np.polyval(_FIT_BAK, raw[:, 1]), np.polyval(_FIT_OVRL, raw[:, 2])],
             axis=1,
@@ -209,7 +260,30 @@ class Dnsmos:
             mine = owner == ci
             sig, bak, ovrl = fitted[mine].mean(axis=0)
             scores = {"sig": float(sig), "bak": float(bak), "ovrl": float(ovrl)}
-            if p808 is not None:
+            if with_p808:
                 scores["p808"] = float(p808[mine].mean())
             results.append(scores)
         return results
+
+    def _run_onnxruntime(self, batches) -> tuple[np.ndarray, np.ndarray | None]:
+        raws, p808s = [], []
+        for batch in batches:
+            raws.append(self._sig.run(None, {self._sig_input: batch})[0].astype(np.float64))
+            if self._p808 is not None:
+                feats = log_mel(batch[:, :-_P808_TRIM], self._filters)
+                p808s.append(self._p808.run(None, {self._p808_input: feats})[0][:, 0].astype(np.float64))
+        return np.concatenate(raws), (np.concatenate(p808s) if p808s else None)
+
+    def _run_torch(self, batches) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every batch on the device; the raw scores come back to the host once, at the end."""
+        import torch
+
+        raws, p808s = [], []
+        for batch in batches:
+            x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+            raws.append(self._sig_model(x)[0])
+            if self._p808_model is not None:
+                feats = log_mel_torch(x[:, :-_P808_TRIM], self._filters_t)
+                p808s.append(self._p808_model(feats)[0][:, 0])
+        raw = torch.cat(raws).double().cpu().numpy()
+        return raw, (torch.cat(p808s).double().cpu().numpy() if p808s else None)

@@ -88,14 +88,14 @@ def run_doctor(models_dir: str, device: str, stages: list[str], load: bool, hf_t
     report.add("onnxruntime", True, f"{ort.__version__}, providers {', '.join(providers)}")
     report.add("ctranslate2", True, f"{ctranslate2.__version__}, {ct2_gpus} CUDA device(s)")
 
-    from emilia_pipe.devices import CUDA_EP, DeviceError, plan_workers
+    from emilia_pipe.devices import CUDA_EP, DeviceError, onnx_backend, plan_workers
     from emilia_pipe.models import ModelSet
 
     try:
         models = ModelSet.load(models_dir) if models_dir else ModelSet()
         report.facts["models"] = {"dir": models_dir or None, **models.__dict__}
         where = models_dir or "Hugging Face ids (no EMILIA_MODELS_DIR)"
-        note = " (random weights: output is not a dataset)" if models.kind == "tiny" else ""
+        note = " (random weights: output is not a dataset)" if models.kind in ("tiny", "full-size") else ""
         report.add("model set", True, f"{models.kind} from {where}{note}")
     except Exception as err:  # noqa: BLE001 - reported
         report.add("model set", False, f"{type(err).__name__}: {err}")
@@ -110,12 +110,25 @@ def run_doctor(models_dir: str, device: str, stages: list[str], load: bool, hf_t
         return report
 
     if plan.device == "cuda":
-        # What each configured stage needs on a GPU pod, before any model is loaded.
-        per_stage = {"separate": env.get("SEPARATION_DEVICE"), "dnsmos": env.get("DNSMOS_DEVICE")}
-        for stage in ("separate", "dnsmos"):
-            if stage in stages and _wanted_cuda("cuda", per_stage[stage]) and CUDA_EP not in providers:
+        # What each configured stage needs on a GPU pod, before any model is loaded. The ONNX stages run on the
+        # backend their setting picks (auto: torch on a GPU), each with its own way of failing to reach CUDA.
+        for stage, device_var, backend_var in (("separate", "SEPARATION_DEVICE", "SEPARATION_BACKEND"),
+                                               ("dnsmos", "DNSMOS_DEVICE", "DNSMOS_BACKEND")):
+            device_wanted = env.get(device_var) or "cuda"
+            if stage not in stages or not _wanted_cuda("cuda", device_wanted):
+                continue
+            try:
+                backend = onnx_backend(env.get(backend_var) or "auto", device_wanted, stage)
+            except ValueError as err:
+                report.add(f"{stage} on cuda", False, str(err))
+                continue
+            if backend == "torch" and not torch.cuda.is_available():
+                report.add(f"{stage} on cuda", False, "torch backend, but torch sees no CUDA device")
+            elif backend == "onnxruntime" and CUDA_EP not in providers:
                 report.add(f"{stage} on cuda", False, f"onnxruntime {ort.__version__} has no {CUDA_EP}: install "
                                                       "onnxruntime-gpu (the `gpu` extra)")
+            else:
+                report.add(f"{stage} on cuda", True, f"{backend} backend")
         if "asr" in stages and ct2_gpus == 0:
             report.add("asr on cuda", False, "CTranslate2 sees no CUDA device (it loads libcublas.so.12: CUDA 12 "
                                              "cuBLAS must be on the library path)")
@@ -141,6 +154,7 @@ def _load_pipeline(report: DoctorReport, models: Any, device: str, stages: list[
         return
     devices = pipeline.runtime_devices()
     report.facts["stage_devices"] = devices
+    report.facts["stage_backends"] = pipeline.runtime_backends()
     wanted = {"separate": getattr(config.separation, "device", None), "dnsmos": getattr(config.dnsmos, "device", None),
               "asr": getattr(config.asr, "device", None), "diarize": getattr(config.diarization, "device", None)}
     for stage, actual in devices.items():
@@ -148,4 +162,4 @@ def _load_pipeline(report: DoctorReport, models: Any, device: str, stages: list[
         if want and want.startswith("cuda") and not actual.startswith("cuda"):
             report.add(f"{stage} runs on", False, f"{actual}, although {want} was configured")
         else:
-            report.add(f"{stage} runs on", True, actual)
+            report.add(f"{stage} runs on", True, f"{actual} ({report.facts['stage_backends'].get(stage, '?')})")

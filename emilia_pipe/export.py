@@ -61,16 +61,10 @@ def encode_mp3(audio: np.ndarray, sample_rate: int, bitrate_kbps: int = 64) -> b
     return bytes(enc.encode(pcm.tobytes()) + enc.flush())
 
 
-def write_episode(
-    out_dir: Path,
-    audio: np.ndarray,
-    sample_rate: int,
-    segments: Iterable[Segment],
-    episode: dict[str, Any],
-    bitrate_kbps: int = 64,
+def write_segments(
+    out_dir: Path, audio: np.ndarray, sample_rate: int, segments: Iterable[Segment], bitrate_kbps: int = 64
 ) -> list[Path]:
-    """MP3s first (encoded on several threads; LAME runs outside the GIL), `all_segments.json` last: its presence
-    means the directory is complete."""
+    """One MP3 per segment, encoded on several threads (LAME runs outside the GIL)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     segments = list(segments)
 
@@ -81,8 +75,27 @@ def write_episode(
         return path
 
     with ThreadPoolExecutor(max_workers=max(1, min(EXPORT_THREADS, len(segments)))) as pool:
-        files = list(pool.map(encode, segments))
+        return list(pool.map(encode, segments))
+
+
+def write_index(out_dir: Path, segments: Iterable[Segment], episode: dict[str, Any]) -> Path:
+    """`all_segments.json`; written after the MP3s, its presence means the directory is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"episode": episode, "segments": [s.to_json() for s in segments]}
-    (out_dir / ALL_SEGMENTS).write_text(json.dumps(doc, ensure_ascii=False, indent=1))
-    files.append(out_dir / ALL_SEGMENTS)
-    return files
+    path = out_dir / ALL_SEGMENTS
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=1))
+    return path
+
+
+def write_episode(
+    out_dir: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    segments: Iterable[Segment],
+    episode: dict[str, Any],
+    bitrate_kbps: int = 64,
+) -> list[Path]:
+    """MP3s first, `all_segments.json` last."""
+    segments = list(segments)
+    files = write_segments(out_dir, audio, sample_rate, segments, bitrate_kbps)
+    return [*files, write_index(out_dir, segments, episode)]

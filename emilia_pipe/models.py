@@ -45,7 +45,7 @@ class ModelSet:
     separation: str = f"hf://{SEPARATION_REPO}/{SEPARATION_FILE}"
     dnsmos_sig_bak_ovr: str = _DNSMOS_BASE + "sig_bak_ovr.onnx"
     dnsmos_p808: str | None = _DNSMOS_BASE + "model_v8.onnx"
-    kind: str = "hub"  # hub | cached | tiny
+    kind: str = "hub"  # hub | cached | tiny | full-size (random weights at production size)
 
     def save(self, directory: Path) -> Path:
         """Paths inside `directory` are stored relative to it, so the folder can move (into an image, onto a pod).
@@ -230,4 +230,55 @@ def tiny(directory: Path, dnsmos_dir: Path | None = None) -> ModelSet:
     models = ModelSet(whisper=str(whisper), diarization=str(diarization), separation=str(separation),
                       dnsmos_sig_bak_ovr=str(sig), dnsmos_p808=str(p808), kind="tiny")
     models.save(directory)
+    return models
+
+
+def full_size(directory: Path, dnsmos_dir: Path | None = None, init_device: str | None = None,
+              whisper_shape=None, mdx_shape=None, with_whisper: bool = True, tiktoken: Path | None = None) -> ModelSet:
+    """Random-weight models at production size, for timings: speed depends on shapes, not on weights.
+
+    Whisper large-v3's dimensions (converted to CTranslate2, float16; 1.55 B parameters, drawn on `init_device`),
+    an MDX-Net of UVR-MDX-NET-Inst_HQ_3's shape (`emilia_pipe.tiny.mdx_net`: file size and FLOPs documented there),
+    pyannote's real architectures at community-1's segmentation step 0.1, and the real DNSMOS files from
+    `dnsmos_dir` (required: they are small and their cost is what is measured). `whisper_shape` / `mdx_shape`
+    override the sizes (tests build scaled-down ones through the same code). `with_whisper=False` skips Whisper
+    (a machine where CTranslate2 cannot use the GPU measures the other stages); `tiktoken` is Whisper's tokenizer
+    file for a machine without PyPI. Writes `DIR/models.json` with `kind: full-size` and `DIR/model_sizes.json`
+    (parameters, file bytes, FLOPs).
+    """
+    from emilia_pipe.tiny import mdx_net
+    from emilia_pipe.tiny import pyannote as tiny_pyannote
+    from emilia_pipe.tiny import whisper as tiny_whisper
+
+    if dnsmos_dir is None or not all((Path(dnsmos_dir) / n).is_file() for n in DNSMOS_FILES):
+        raise FileNotFoundError(f"full-size models need the real DNSMOS files {sorted(DNSMOS_FILES)} in --dnsmos "
+                                f"(got {dnsmos_dir})")
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    wshape = whisper_shape or tiny_whisper.LARGE_V3
+    mshape = mdx_shape or mdx_net.MdxNetShape()
+    whisper: str | Path = WHISPER_DEFAULT  # an id no stage resolves while ASR is off
+    if with_whisper:
+        if tiktoken is not None:
+            (directory / ".cache").mkdir(exist_ok=True)
+            shutil.copyfile(tiktoken, directory / ".cache" / Path(tiktoken).name)
+        whisper = tiny_whisper.build(directory / "whisper", tiny_whisper.fetch_tiktoken(directory / ".cache"),
+                                     shape=wshape, init_device=init_device, quantization="float16")
+    diarization = tiny_pyannote.build(directory / "diarization", segmentation_step=tiny_pyannote.PRODUCTION_STEP)
+    separation = mdx_net.build(directory / "separation" / "mdx_net_inst_hq3_shape.onnx", mshape)
+    (directory / "dnsmos").mkdir(exist_ok=True)
+    sig, p808 = (Path(shutil.copyfile(Path(dnsmos_dir) / n, directory / "dnsmos" / n)) for n in DNSMOS_FILES)
+    models = ModelSet(whisper=str(whisper), diarization=str(diarization), separation=str(separation),
+                      dnsmos_sig_bak_ovr=str(sig), dnsmos_p808=str(p808), kind="full-size")
+    models.save(directory)
+    sizes = {
+        "whisper": {"shape": {k: v for k, v in asdict(wshape).items() if k != "languages"},
+                    "languages": len(wshape.languages),
+                    "model_bin_bytes": (Path(whisper) / "model.bin").stat().st_size} if with_whisper else None,
+        "separation": mdx_net.describe(mshape, separation),
+        "diarization": {"segmentation_step": tiny_pyannote.PRODUCTION_STEP, "architectures":
+                        "PyanNet (segmentation-3.0 shape) + WeSpeakerResNet34 (community-1's embedding)"},
+        "dnsmos": {"files": {n: (directory / "dnsmos" / n).stat().st_size for n in DNSMOS_FILES}, "real": True},
+    }
+    (directory / "model_sizes.json").write_text(json.dumps(sizes, indent=1))
     return models

@@ -1,7 +1,8 @@
 """Worker processes of a batch run: each loads the models once, pinned to its device, and processes episodes.
 
-The parent (`emilia_pipe.runner`) hands each worker one episode at a time over the worker's own pipe and hears back
-on the same pipe (one pipe per worker: a worker killed in the middle of a write can never block the others).
+The parent (`emilia_pipe.runner`) hands each worker episodes over the worker's own pipe (one at a time, or with
+overlap up to `episodes_ahead` not yet through the models, see `_StagedWorker`) and hears back on the same pipe
+(one pipe per worker: a worker killed in the middle of a write can never block the others).
 A worker is a `spawn`ed process, so it starts clean (no CUDA context or thread pool inherited from the parent) and
 `CUDA_VISIBLE_DEVICES` is set before any GPU library loads. A worker that dies (a crash, SIGKILL, the kernel's OOM
 killer) is noticed by its exit, not by a timeout; one whose GPU ran out of memory reports it and exits, so the
@@ -18,9 +19,12 @@ import importlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import queue
 import signal
+import threading
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,8 @@ class Task:
     attempt: int = 1
 
 
-def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_shot: bool, conn: Any) -> None:
+def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_shot: bool, conn: Any,
+                 overlap: bool = False) -> None:
     # Pin the device before anything can load CUDA: from here on this worker's GPU is cuda:0.
     os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
@@ -79,15 +84,29 @@ def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_
     try:
         module, _, name = factory.partition(":")
         processor = getattr(importlib.import_module(module), name)(config)
-        _set_threads(threads)
+        staged = overlap and all(hasattr(processor, m) for m in ("prepare", "infer", "finish"))
+        # With overlap, decoding and encoding threads run beside the models: torch's own threads leave them their
+        # cores (OpenMP threads that wait for a core taken by a decoder stall every small op, e.g. Silero's).
+        _set_threads(max(1, threads - _StagedWorker.CPU_THREADS) if staged else threads)
         devices = processor.runtime_devices() if hasattr(processor, "runtime_devices") else {}
+        backends = processor.runtime_backends() if hasattr(processor, "runtime_backends") else {}
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which fails the batch with it
         conn.send({"kind": "fatal", "slot": slot.index, "pid": pid, "error": _describe(err),
                      "traceback": traceback.format_exc(limit=20)})
         return
-    conn.send({"kind": "ready", "slot": slot.index, "pid": pid, "devices": devices})
+    conn.send({"kind": "ready", "slot": slot.index, "pid": pid, "devices": devices, "backends": backends,
+               "overlap": staged})
+    if staged:
+        _StagedWorker(slot, processor, one_shot, conn).run()
+    else:
+        _serial_loop(slot, processor, one_shot, conn)
+
+
+def _serial_loop(slot: WorkerSlot, processor: Any, one_shot: bool, conn: Any) -> None:
+    """One episode at a time, start to end (`processor.process`): a processor without stages, or overlap off."""
     from emilia_pipe.audio import AudioError
 
+    pid = os.getpid()
     while True:
         try:
             task: Task | None = conn.recv()
@@ -110,12 +129,124 @@ def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_
             if oom:
                 return  # exit, so whatever the failed call still holds on the GPU is released
         else:
-            conn.send({"kind": "done", "slot": slot.index, "pid": pid, "episode_id": task.episode_id,
-                         "language": result.language, "duration_s": result.duration_s,
-                         "speech_s": result.speech_s, "segments": len(result.segments),
-                         "stage_seconds": dict(result.stage_seconds), "wall_s": time.perf_counter() - t0})
+            conn.send(_done_message(slot, pid, task, result, time.perf_counter() - t0))
         if one_shot:
             return
+
+
+def _done_message(slot: WorkerSlot, pid: int, task: Task, result: Any, wall_s: float) -> dict[str, Any]:
+    return {"kind": "done", "slot": slot.index, "pid": pid, "episode_id": task.episode_id,
+            "language": result.language, "duration_s": result.duration_s, "speech_s": result.speech_s,
+            "segments": len(result.segments), "stage_seconds": dict(result.stage_seconds), "wall_s": wall_s}
+
+
+class _StagedWorker:
+    """Overlap inside one worker: the next episode's `prepare` (decode, resample) and the previous one's `finish`
+    (MP3 encode, index) run on CPU threads while this thread runs `infer` (the models) for the current one.
+
+    The parent sends up to `RunnerSettings.episodes_ahead` episodes that have not left the models yet; each is
+    prepared as soon as it arrives. Messages: `started` when an episode enters the models, `inferred` when it leaves
+    them (the parent may then send the next), `done` / `failed` when it is exported or has failed. After an
+    out-of-memory error the worker stops taking episodes, lets the exports under way finish, and exits; episodes it
+    had only prepared go back to the parent's queue when it sees the exit.
+    """
+
+    MAX_EXPORTING = 2  # episodes waiting for or in `finish`: bounds the vocals held in memory
+    CPU_THREADS = 2  # prepare + finish threads
+
+    def __init__(self, slot: WorkerSlot, processor: Any, one_shot: bool, conn: Any):
+        self.slot, self.processor, self.one_shot, self.conn = slot, processor, one_shot, conn
+        self.pid = os.getpid()
+        self._send_lock = threading.Lock()
+        self._cpu = ThreadPoolExecutor(self.CPU_THREADS, thread_name_prefix="emilia-cpu")
+        self._inbox: queue.Queue[tuple[Task, Future, float] | None] = queue.Queue()
+        self._stopping = threading.Event()  # the parent asked us to stop, or an error means we must exit
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # a parent gone away: the recv side says so
+            self.conn.send({"slot": self.slot.index, "pid": self.pid, **msg})
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                task: Task | None = self.conn.recv()
+            except (EOFError, OSError):
+                task = None
+            if task is None:
+                self._stopping.set()
+                self._inbox.put(None)
+                return
+            try:
+                future = self._cpu.submit(self.processor.prepare, Path(task.audio_path), task.episode_id,
+                                          Path(task.out_dir), language_hint=task.language_hint,
+                                          episode_meta=task.meta)
+            except RuntimeError:  # the worker is exiting (out of memory): the parent requeues what it sent
+                return
+            self._inbox.put((task, future, time.perf_counter()))
+
+    def run(self) -> None:
+        threading.Thread(target=self._receive, name="emilia-recv", daemon=True).start()
+        exporting: set[Future] = set()
+        try:
+            while not self._stopping.is_set():
+                item = self._inbox.get()
+                if item is None or self._stopping.is_set():
+                    break
+                task, future, t0 = item
+                try:
+                    prepared = future.result()
+                except Exception as err:  # noqa: BLE001 - unusable input, or a bug: recorded against the episode
+                    if not self._failed(task, err):
+                        break
+                    if self.one_shot:
+                        break
+                    continue
+                self.send({"kind": "started", "episode_id": task.episode_id})
+                try:
+                    inferred = self.processor.infer(prepared)
+                except Exception as err:  # noqa: BLE001 - one bad episode never takes the worker down with it
+                    del prepared
+                    if not self._failed(task, err):
+                        break  # out of memory: exit, so what the failed call holds on the GPU is released
+                    if self.one_shot:
+                        break
+                    continue
+                del prepared
+                self.send({"kind": "inferred", "episode_id": task.episode_id})
+                exporting = {f for f in exporting if not f.done()}
+                while len(exporting) >= self.MAX_EXPORTING:
+                    _, exporting = wait(exporting, return_when=FIRST_COMPLETED)
+                exporting.add(self._cpu.submit(self._finish, task, inferred, t0))
+                del inferred
+                if self.one_shot:
+                    break
+        finally:
+            wait(exporting)
+            self._cpu.shutdown(wait=True, cancel_futures=True)
+
+    def _finish(self, task: Task, inferred: Any, t0: float) -> None:
+        try:
+            result = self.processor.finish(inferred)
+        except Exception as err:  # noqa: BLE001 - recorded against the episode
+            if not self._failed(task, err):
+                self._stopping.set()
+                self._inbox.put(None)
+            return
+        self.send(_done_message(self.slot, self.pid, task, result, time.perf_counter() - t0))
+
+    def _failed(self, task: Task, err: Exception) -> bool:
+        """Report the episode as failed; False when the worker must exit (out of memory)."""
+        from emilia_pipe.audio import AudioError
+
+        if isinstance(err, AudioError):
+            self.send({"kind": "failed", "episode_id": task.episode_id, "error": err.reason, "oom": False})
+            return True
+        oom = is_out_of_memory(err)
+        self.send({"kind": "failed", "episode_id": task.episode_id, "error": _describe(err), "oom": oom,
+                   "traceback": "".join(traceback.format_exception(err, limit=20))})
+        if oom:
+            self._stopping.set()
+        return not oom
 
 
 def _set_threads(threads: int) -> None:
@@ -150,23 +281,50 @@ class Worker:
     conn: Any  # the parent's end of the worker's pipe
     one_shot: bool
     ready: bool = False
-    task: Task | None = None
+    tasks: dict[str, Task] = field(default_factory=dict)  # sent and not yet done or failed, in the order sent
+    started: set[str] = field(default_factory=set)  # episodes that entered the models
+    inferred: set[str] = field(default_factory=set)  # episodes that left the models (being exported)
     devices: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
+    overlap: bool = False  # the worker runs prepare / infer / finish of different episodes at once
     retiring: bool = False  # it said it will exit (after an OOM): its exit is expected
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
+    @property
+    def task(self) -> Task | None:
+        """The episode in the models (else the oldest one sent), None when the worker holds none."""
+        for eid, task in self.tasks.items():
+            if eid in self.started and eid not in self.inferred:
+                return task
+        return next(iter(self.tasks.values()), None)
+
+    @property
+    def ahead(self) -> int:
+        """Episodes sent that have not left the models yet (what `capacity` bounds)."""
+        return sum(1 for eid in self.tasks if eid not in self.inferred)
+
+    def can_take(self, episodes_ahead: int) -> bool:
+        """Whether it may be sent another episode: a serial (or one-shot) worker only when it holds none, an
+        overlapping one while fewer than `episodes_ahead` of its episodes have yet to leave the models."""
+        if self.one_shot or not self.overlap:
+            return not self.tasks
+        return self.ahead < episodes_ahead
+
 
 class WorkerPool:
     """Starts, feeds, watches and replaces the worker processes of one batch run."""
 
-    def __init__(self, slots: tuple[WorkerSlot, ...], config: Any, threads: int, factory: str = DEFAULT_FACTORY):
+    def __init__(self, slots: tuple[WorkerSlot, ...], config: Any, threads: int, factory: str = DEFAULT_FACTORY,
+                 overlap: bool = False, episodes_ahead: int = 2):
         self._ctx = mp.get_context("spawn")
         self.config = config
         self.threads = threads
         self.factory = factory
+        self.overlap = overlap
+        self.episodes_ahead = max(1, episodes_ahead)
         self.workers: dict[int, Worker] = {}
         for slot in slots:
             self.start(slot)
@@ -176,7 +334,8 @@ class WorkerPool:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(slot, config or self.config, self.factory, self.threads, one_shot, child_end),
+            args=(slot, config or self.config, self.factory, self.threads, one_shot, child_end,
+                  self.overlap and not one_shot),
             name=f"emilia-worker-{slot.label}",
             daemon=True,
         )
@@ -187,13 +346,15 @@ class WorkerPool:
         return worker
 
     def send(self, worker: Worker, task: Task) -> None:
-        worker.task = task
+        worker.tasks[task.episode_id] = task
         # If it died meanwhile, `dead()` reports it with the task still assigned.
         with contextlib.suppress(OSError):
             worker.conn.send(task)
 
     def idle(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.ready and w.task is None and not w.retiring]
+        """Workers that can take another episode now, the least loaded first."""
+        free = [w for w in self.workers.values() if w.ready and not w.retiring and w.can_take(self.episodes_ahead)]
+        return sorted(free, key=lambda w: (len(w.tasks), w.slot.index))
 
     def messages(self, timeout_s: float) -> list[dict[str, Any]]:
         """Whatever the workers have said, waiting up to `timeout_s` for the first word."""

@@ -9,14 +9,18 @@ into logs and metadata. What happens to a batch:
 - **Prefetch.** Download threads copy the batch's audio to the pod's disk ahead of the workers, in manifest order,
   holding at most `prefetch_bytes` at a time; the first worker starts as soon as the first file is local.
 - **Workers.** One process per GPU × `WORKERS_PER_GPU` (or N CPU workers), each loading the models once
-  (`emilia_pipe.pool`). Each takes the next local episode as soon as it is free.
+  (`emilia_pipe.pool`). With `overlap` (the default) a worker holds up to `episodes_ahead` episodes that have not
+  left its models: it decodes the next one and exports the previous one on CPU threads while the current one is in
+  the models, so the GPU does not wait for decoding or MP3 encoding.
 - **Upload in the background.** A finished episode is uploaded by upload threads while its worker goes on with the
   next one; its completion marker is written last.
 - **Failures.** Unreadable input, a pipe error or a failed upload is recorded against the episode, with its key and
   the reason, and the batch goes on. A worker that dies (crash, SIGKILL, OOM killer) or whose GPU runs out of memory
   does not lose the batch: its episode is retried once on a fresh worker (after an OOM, a worker with half the
-  separation and ASR batches), then recorded as failed; the worker is replaced. A worker that cannot even load its
-  models fails the batch at once, with the worker's error: that is a configuration problem, not a bad episode.
+  separation and ASR batches), then recorded as failed; the worker is replaced. Episodes the worker had only
+  decoded go back to the queue without counting an attempt (the one in its models is the one blamed). A worker
+  that cannot even load its models fails the batch at once, with the worker's error: that is a configuration
+  problem, not a bad episode.
 - **Records.** The status table (`processed/_batches/<batch>.parquet`, one row per episode) is rewritten as episodes
   finish; the catalogue (`<batch>.segments.parquet`) is written at the end.
 """
@@ -86,6 +90,10 @@ class RunnerSettings:
         download_threads: concurrent downloads from the store.
         upload_threads: concurrent episode uploads to the store.
         max_attempts: tries per episode when its worker dies or runs out of memory (2 = one retry).
+        overlap: inside each worker, decode the next episode and export the previous one while the current one is in
+            the models (`EmiliaPipeline.prepare` / `infer` / `finish`); off, a worker runs one episode start to end.
+        episodes_ahead: with overlap, episodes a worker holds that have not left its models yet (the one in the
+            models plus those being decoded or waiting); 2 keeps one decoded episode ready.
         max_startup_failures: workers in a row that die before loading their models, before the batch fails.
         progress_interval_s: at least this often a progress event (and on every finished episode).
         status_interval_s: the status table is rewritten at most this often while the batch runs.
@@ -96,6 +104,8 @@ class RunnerSettings:
     upload_threads: int = 2
     max_attempts: int = 2
     max_startup_failures: int = 3
+    overlap: bool = True
+    episodes_ahead: int = 2
     progress_interval_s: float = 60.0
     status_interval_s: float = 5.0
 
@@ -159,7 +169,8 @@ class BatchOutcome:
     plan: PoolPlan | None
     worker_devices: dict[str, dict[str, str]]
     worker_losses: list[str]
-    timeline: dict[str, dict[str, float]]  # per episode: fetched / started / processed / uploaded (monotonic s)
+    timeline: dict[str, dict[str, float]]  # per episode: fetched / sent / started / inferred / processed / uploaded
+    worker_backends: dict[str, dict[str, str]] = field(default_factory=dict)  # per worker: how each stage runs
 
     def count(self, status: str) -> int:
         return self.status.filter(pl.col("status") == status).height
@@ -283,6 +294,7 @@ class _BatchRun:
         self.timeline: dict[str, dict[str, float]] = {}
         self.losses: list[str] = []
         self.devices: dict[str, dict[str, str]] = {}
+        self.backends: dict[str, dict[str, str]] = {}
         self.startup_failures = 0
         self.uploads_in_flight = 0
         self.audio_s_done = 0.0
@@ -361,7 +373,8 @@ class _BatchRun:
         feeder = threading.Thread(target=self._feed, args=(todo, downloads), name="emilia-feeder", daemon=True)
         try:
             if todo:
-                pool = WorkerPool(self.plan.slots, self.pipe_config, self.plan.threads_per_worker, self.factory)
+                pool = WorkerPool(self.plan.slots, self.pipe_config, self.plan.threads_per_worker, self.factory,
+                                  overlap=self.settings.overlap, episodes_ahead=self.settings.episodes_ahead)
                 self.emit(RunnerEvent(f"batch {self.batch_id}: {len(todo)} of {len(self.episodes)} episodes to "
                                       f"process on {self.plan.describe()}"))
                 feeder.start()
@@ -379,7 +392,8 @@ class _BatchRun:
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self._progress(force=True)
         return BatchOutcome(self.batch_id, self._status_frame(), segments, self.stage_seconds,
-                            time.monotonic() - self.t0, self.plan, self.devices, self.losses, self.timeline)
+                            time.monotonic() - self.t0, self.plan, self.devices, self.losses, self.timeline,
+                            self.backends)
 
     def _resume_pass(self) -> list[Episode]:
         """Finished episodes are recorded as resumed (their catalogue rows read back); the rest are returned."""
@@ -496,7 +510,11 @@ class _BatchRun:
             self._progress(force=False)
 
     def _dispatch(self, pool: WorkerPool) -> None:
-        for worker in pool.idle():
+        while True:
+            free = pool.idle()
+            if not free:
+                return
+            worker = free[0]
             item = self.pinned.pop(worker.slot.index, None)
             if item is None:
                 if not self.ready:
@@ -504,6 +522,7 @@ class _BatchRun:
                 item = self.ready.popleft()
             out_dir = Path(tempfile.mkdtemp(dir=self.work_dir, prefix=f".out-{item.episode.episode_id}-"))
             ep = item.episode
+            self._mark(ep.episode_id, "sent")
             pool.send(worker, Task(ep.episode_id, str(item.path), str(out_dir), ep.language, item.meta,
                                    item.attempt))
 
@@ -519,24 +538,35 @@ class _BatchRun:
         if kind == "ready":
             worker.ready = True
             worker.devices = msg["devices"]
+            worker.backends = msg.get("backends", {})
+            worker.overlap = bool(msg.get("overlap"))
             self.devices[label] = msg["devices"]
+            self.backends[label] = worker.backends
             self.startup_failures = 0
             devices = ", ".join(f"{k}={v}" for k, v in msg["devices"].items()) or "no model stages"
             self.emit(WorkerReady(f"worker {label} (pid {worker.pid}) ready: {devices}", worker=label,
                                   pid=worker.pid or 0, devices=msg["devices"]))
             return
-        task = worker.task
-        if task is None or task.episode_id != msg.get("episode_id"):
+        eid = msg.get("episode_id")
+        task = worker.tasks.get(eid)
+        if task is None:
             return
         item = self.items[task.episode_id]
         if kind == "started":
+            worker.started.add(eid)
             self._mark(task.episode_id, "started")
             self.emit(EpisodeStarted(f"episode {task.episode_id} started on {label} (pid {worker.pid}, "
                                      f"attempt {task.attempt})",
                                      episode_id=task.episode_id, worker=label, pid=worker.pid or 0,
                                      attempt=task.attempt))
             return
-        worker.task = None
+        if kind == "inferred":
+            worker.inferred.add(eid)  # out of the models: the worker may be sent its next episode
+            self._mark(task.episode_id, "inferred")
+            return
+        del worker.tasks[eid]
+        worker.started.discard(eid)
+        worker.inferred.discard(eid)
         if worker.one_shot:
             worker.retiring = True  # it exits after this one episode; nothing more may be sent to it
         ep = item.episode
@@ -562,11 +592,26 @@ class _BatchRun:
         self._record(ep, "failed", f"{ep.audio_key}: {msg['error']}", attempts=task.attempt, worker=label)
 
     def _on_exit(self, pool: WorkerPool, worker: Worker, more_work: bool) -> None:
+        """A worker's process ended. The episodes it held: the one in its models (or, with none there, those it was
+        exporting, else all) is blamed: retried on a fresh worker or, out of attempts, failed; the others (only
+        decoded, or waiting) go back to the front of the queue without counting an attempt."""
         label, reason = worker.slot.label, exit_reason(worker.process.exitcode)
-        task, pinned = worker.task, self.pinned.get(worker.slot.index)
+        pinned = self.pinned.get(worker.slot.index)
         expected = worker.retiring
-        if task is not None:
+        held = list(worker.tasks.values())
+        in_models = [t for t in held if t.episode_id in worker.started and t.episode_id not in worker.inferred]
+        exporting = [t for t in held if t.episode_id in worker.inferred]
+        blamed = {t.episode_id for t in (in_models or exporting or held)}
+        if expected and not in_models and not exporting:
+            blamed = set()  # it announced its exit (OOM, one-shot): what it held was never started
+        front: list[_Item] = []
+        requeued: list[_Item] = []
+        for task in held:
             item = self.items[task.episode_id]
+            shutil.rmtree(task.out_dir, ignore_errors=True)
+            if task.episode_id not in blamed:
+                requeued.append(item)
+                continue
             retry = task.attempt < self.settings.max_attempts
             self.losses.append(f"{label} (pid {worker.pid}) {reason} while processing {task.episode_id}")
             self.emit(WorkerLost(
@@ -574,22 +619,23 @@ class _BatchRun:
                 + ("retrying it on a fresh worker" if retry else "giving up on it"),
                 "warning", label, worker.pid or 0, task.episode_id, reason, retry,
             ))
-            shutil.rmtree(task.out_dir, ignore_errors=True)
             if retry:
                 item.attempt = task.attempt + 1
-                self.ready.appendleft(item)
+                front.append(item)
             else:
                 self._release_audio(item)
                 self._record(item.episode, "failed",
                              f"{item.episode.audio_key}: worker {reason} while processing it, "
                              f"{task.attempt} attempts", attempts=task.attempt, worker=label)
-        elif not worker.ready and not expected:
+        self.ready.extendleft(reversed(front + requeued))
+        worker.tasks.clear()
+        if not held and not worker.ready and not expected:
             self.startup_failures += 1
             self.losses.append(f"{label} (pid {worker.pid}) {reason} before loading its models")
             if self.startup_failures >= self.settings.max_startup_failures:
                 raise RunnerError(f"{self.startup_failures} workers in a row died before loading their models "
                                   f"(last: {label} {reason}); see the run's output for the workers' errors")
-        if not more_work and pinned is None:
+        if not more_work and pinned is None and not front and not requeued:
             del pool.workers[worker.slot.index]
             return
         if pinned is not None:

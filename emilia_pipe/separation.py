@@ -39,7 +39,16 @@ import onnxruntime as ort
 import soxr
 import torch
 
-from emilia_pipe.devices import CUDA_EP, cuda_index, onnx_providers, require_onnx_device
+from emilia_pipe.devices import (
+    CUDA_EP,
+    cuda_index,
+    onnx_backend,
+    onnx_precision,
+    onnx_providers,
+    require_onnx_device,
+    torch_device,
+)
+from emilia_pipe.onnx_torch import OnnxTorchModel
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,8 @@ class SeparationConfig:
     batch_windows: int = 4  # model windows per ONNX call
     denoise: bool = False  # average f(x) and -f(-x), as UVR's "denoise": twice the model time
     device: str = "cpu"  # SEPARATION_DEVICE: "cpu" | "cuda" | "cuda:N"
+    backend: str = "auto"  # SEPARATION_BACKEND: "onnxruntime" | "torch" | "auto" (devices.onnx_backend)
+    precision: str = "auto"  # SEPARATION_PRECISION: "float32" | "float16" | "auto" (devices.onnx_precision)
 
     def __post_init__(self) -> None:
         """Reject settings that would make chunks overlap three deep or never advance, before a model loads."""
@@ -84,6 +95,8 @@ class SeparationConfig:
         if self.batch_windows < 1:
             raise ValueError(f"batch_windows must be >= 1, got {self.batch_windows}")
         _parse_device(self.device)
+        onnx_precision(self.precision, onnx_backend(self.backend, self.device, "separation"), self.device,
+                       "separation")
 
 
 def _parse_device(device: str) -> int | None:
@@ -263,30 +276,61 @@ class _Sink:
 
 
 class MdxSeparator:
-    """One ONNX Runtime session, built once per worker; `vocals` is then called for each episode."""
+    """The model, loaded once per worker (ONNX Runtime session or the torch executor); `vocals` is then called for
+    each episode.
+
+    With the torch backend the whole window batch (STFT, model, inverse STFT, taper) stays on the stage's device:
+    only the mix goes in and the weighted instrumental comes out. With ONNX Runtime the spectrogram crosses to the
+    host and back for each batch (ORT's CPU provider, or its CUDA provider with a host copy either way).
+    """
 
     def __init__(self, config: SeparationConfig):
         self.config = config
         device_index = _parse_device(config.device)
-        options = None if device_index is None else cuda_provider_options_from_env(os.environ, device_id=device_index)
-        self.session = ort.InferenceSession(config.model_path,
-                                            providers=onnx_providers(config.device, "separation", options))
-        # ORT falls back to CPU silently when CUDA libraries are missing: the session's own list is the truth.
-        self.provider = require_onnx_device(self.session, config.device, "separation")
-        on_gpu = self.provider == CUDA_EP and torch.cuda.is_available()
-        self.torch_device = torch.device(f"cuda:{device_index}" if on_gpu else "cpu")
-
-        model_in, model_out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self._input_name, self._output_name = model_in.name, model_out.name
-        dims = list(model_in.shape)
+        self.backend = onnx_backend(config.backend, config.device, "separation")
+        self.precision = onnx_precision(config.precision, self.backend, config.device, "separation")
+        self.session = None
+        self.model: OnnxTorchModel | None = None
+        if self.backend == "onnxruntime":
+            options = (None if device_index is None
+                       else cuda_provider_options_from_env(os.environ, device_id=device_index))
+            self.session = ort.InferenceSession(config.model_path,
+                                                providers=onnx_providers(config.device, "separation", options))
+            # ORT falls back to CPU silently when CUDA libraries are missing: the session's own list is the truth.
+            self.provider = require_onnx_device(self.session, config.device, "separation")
+            on_gpu = self.provider == CUDA_EP and torch.cuda.is_available()
+            self.torch_device = torch.device(f"cuda:{device_index}" if on_gpu else "cpu")
+            model_in, model_out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+            self._input_name, self._output_name = model_in.name, model_out.name
+            dims = list(model_in.shape)
+        else:
+            self.torch_device = torch_device(config.device, "separation")
+            self.model = OnnxTorchModel(config.model_path, self.torch_device, half=self.precision == "float16")
+            self.provider = "torch"
+            self._input_name = self.model.input_names[0]
+            dims = list(self.model.input_shapes[self._input_name])
         if not _matches_contract(dims):
-            raise ValueError(f"{config.model_path}: input {model_in.name} has shape {dims}, expected "
+            raise ValueError(f"{config.model_path}: input {self._input_name} has shape {dims}, expected "
                              f"[batch, 4, {DIM_F}, {DIM_T}] (an MDX-Net with n_fft {N_FFT}, hop {HOP})")
         # A file exported with a fixed batch gets padded batches of exactly that size.
         self._fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         self.batch = self._fixed_batch or config.batch_windows
         self._hann = torch.hann_window(N_FFT, periodic=True, device=self.torch_device)
         self._half_weight = torch.from_numpy(window_weight() * np.float32(0.5)).to(self.torch_device)
+
+    @property
+    def runtime_device(self) -> str:
+        """Where the model really runs ("cuda" / "cpu"), read back from the loaded runtime."""
+        if self.model is not None:
+            return self.model.device.type
+        return {CUDA_EP: "cuda", "CPUExecutionProvider": "cpu"}.get(self.provider, self.provider)
+
+    @property
+    def runtime(self) -> str:
+        """The execution path, for logs and benchmark records: backend, precision, device."""
+        if self.model is not None:
+            return f"torch {self.precision} on {self.model.device}"
+        return f"onnxruntime {self.provider} float32"
 
     def vocals(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Mono float32 vocals with the input's length and rate: mix minus the model's instrumental."""
@@ -364,16 +408,20 @@ class MdxSeparator:
         model_in = torch.zeros((rows, 4, DIM_F, DIM_T), dtype=torch.float32, device=self.torch_device)
         model_in[:count, :2].copy_(torch.view_as_real(spec).permute(0, 3, 1, 2))  # channel 0: real, imag
         model_in[:count, 2:].copy_(model_in[:count, :2])  # mono -> identical stereo channel 1
-        feed = model_in.cpu().numpy()
-        pred = self._infer(feed)
+        pred = self._infer(model_in)
         if self.config.denoise:
-            pred = (pred - self._infer(-feed)) * 0.5
-        y = torch.from_numpy(pred[:count]).to(self.torch_device)
+            pred = (pred - self._infer(-model_in)) * 0.5
+        y = pred[:count]
         # Sum of the two channels' (real, imag) with the Nyquist bin zeroed; the ½ of the mean is in the taper.
         summed = torch.zeros((count, N_BINS, DIM_T, 2), dtype=torch.float32, device=self.torch_device)
         summed[:, :DIM_F].copy_((y[:, 0:2] + y[:, 2:4]).permute(0, 2, 3, 1))
         wave = torch.istft(torch.view_as_complex(summed), N_FFT, HOP, window=self._hann, center=True, length=WINDOW)
         return (wave * self._half_weight).cpu().numpy()
 
-    def _infer(self, model_in: np.ndarray) -> np.ndarray:
-        return self.session.run([self._output_name], {self._input_name: model_in})[0]
+    def _infer(self, model_in: torch.Tensor) -> torch.Tensor:
+        """The model's instrumental spectrogram, on the stage's torch device."""
+        if self.model is not None:
+            return self.model(model_in)[0]
+        feed = model_in.cpu().numpy()
+        out = self.session.run([self._output_name], {self._input_name: feed})[0]
+        return torch.from_numpy(out).to(self.torch_device)

@@ -19,6 +19,20 @@ if TYPE_CHECKING:
 ALL_STAGES = ("separate", "diarize", "asr", "dnsmos")
 
 
+def _env_int(name: str) -> int | None:
+    """A positive integer setting from the environment, None when unset; anything else is an error naming it."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
 def default_device() -> str:
     import torch
 
@@ -39,6 +53,7 @@ def build_pipe_config(
     asr_initial_prompt: str | None = None,
     asr_supported_languages: tuple[str, ...] | None = None,
     asr_min_language_probability: float = 0.5,
+    asr_max_new_tokens: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     separation_chunk_s: float = 30.0,
@@ -47,7 +62,10 @@ def build_pipe_config(
     vad: VadConfig | None = None,
     rules: SegmentationRules | None = None,
 ) -> PipeConfig:
-    """Per-stage devices can be overridden by `SEPARATION_DEVICE` and `DNSMOS_DEVICE` (the seed's names)."""
+    """Per-stage devices can be overridden by `SEPARATION_DEVICE` and `DNSMOS_DEVICE` (the seed's names); the ONNX
+    stages' execution by `SEPARATION_BACKEND` / `DNSMOS_BACKEND` (onnxruntime | torch | auto) and
+    `SEPARATION_PRECISION` / `DNSMOS_PRECISION` (float32 | float16 | auto); pyannote's batches by
+    `DIARIZATION_SEGMENTATION_BATCH` / `DIARIZATION_EMBEDDING_BATCH`."""
     # Here, not at the top: these modules are the ML runtime. ASR first, as the pipeline module imports them.
     from emilia_pipe.asr import AsrConfig
     from emilia_pipe.diarization import DiarizationConfig
@@ -68,10 +86,15 @@ def build_pipe_config(
             model_path=resolve_file(models.separation, token=hf_token),
             chunk_s=separation_chunk_s,
             device=os.environ.get("SEPARATION_DEVICE") or device,
+            backend=os.environ.get("SEPARATION_BACKEND") or "auto",
+            precision=os.environ.get("SEPARATION_PRECISION") or "auto",
+            batch_windows=_env_int("SEPARATION_BATCH_WINDOWS") or 4,
         )
     if "diarize" in on:
         diarization = DiarizationConfig(model=models.diarization, hf_token=hf_token, device=device,
-                                        min_speakers=min_speakers, max_speakers=max_speakers)
+                                        min_speakers=min_speakers, max_speakers=max_speakers,
+                                        segmentation_batch_size=_env_int("DIARIZATION_SEGMENTATION_BATCH"),
+                                        embedding_batch_size=_env_int("DIARIZATION_EMBEDDING_BATCH"))
     if "asr" in on:
         asr = AsrConfig(
             model=whisper_model or models.whisper,
@@ -83,6 +106,7 @@ def build_pipe_config(
             word_timestamps=asr_word_timestamps,
             initial_prompt=asr_initial_prompt or None,
             min_language_probability=asr_min_language_probability,
+            max_new_tokens=asr_max_new_tokens,
             **({"supported_languages": tuple(asr_supported_languages)} if asr_supported_languages else {}),
         )
     if "dnsmos" in on:
@@ -90,6 +114,9 @@ def build_pipe_config(
             sig_bak_ovr_path=resolve_file(models.dnsmos_sig_bak_ovr),
             p808_path=resolve_file(models.dnsmos_p808) if models.dnsmos_p808 else None,
             device=os.environ.get("DNSMOS_DEVICE") or device,
+            backend=os.environ.get("DNSMOS_BACKEND") or "auto",
+            precision=os.environ.get("DNSMOS_PRECISION") or "auto",
+            batch_size=_env_int("DNSMOS_BATCH_SIZE") or 16,
         )
     from emilia_pipe.provenance import pipe_provenance
 

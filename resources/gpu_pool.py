@@ -20,6 +20,8 @@ class GpuPoolResource(dg.ConfigurableResource):
     download_threads: int = Field(default=4, description="Concurrent downloads from the store.")
     upload_threads: int = Field(default=2, description="Concurrent episode uploads to the store.")
     max_attempts: int = Field(default=2, description="Tries per episode when its worker dies or runs out of memory.")
+    overlap: bool = Field(default=True, description="Inside each worker, decode the next episode and export the "
+                                                    "previous one while the current one is in the models.")
 
     def plan(self, device: str) -> PoolPlan:
         """Raises `DeviceError` when `device` asks for CUDA and the pod has no GPU (never a silent CPU run)."""
@@ -27,4 +29,5 @@ class GpuPoolResource(dg.ConfigurableResource):
 
     def runner_settings(self) -> RunnerSettings:
         return RunnerSettings(prefetch_bytes=int(self.prefetch_gib * GiB), download_threads=self.download_threads,
-                              upload_threads=self.upload_threads, max_attempts=self.max_attempts)
+                              upload_threads=self.upload_threads, max_attempts=self.max_attempts,
+                              overlap=self.overlap)

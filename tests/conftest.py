@@ -10,6 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests import shared_models
+
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +85,7 @@ def sample(tmp_path: Path):
     return get
 
 
-SHARED_DNSMOS = ROOT.parent / "shared" / "models" / "dnsmos"
+SHARED_DNSMOS = shared_models.SHARED_MODELS / "dnsmos"
 TINY_MODELS = ROOT / "models" / "tiny"
 
 
@@ -112,3 +114,11 @@ def fast_pipe():
     from resources.pipe import EmiliaPipeResource
 
     return EmiliaPipeResource(stages=[])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    shared_models.skip_where_absent(items)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    shared_models.fail_where_required(item)

@@ -18,12 +18,18 @@ from emilia_pipe.pipeline import EmiliaPipeline
 
 
 class _Double(EmiliaPipeline):
-    def process(self, path, episode_id, out_dir, language_hint=None, episode_meta=None):
+    """The misfortune strikes in the model stages (`infer`), where a GPU would run out of memory or crash; `process`
+    (a worker without overlap) goes through the same three parts."""
+
+    def prepare(self, path, episode_id, out_dir, language_hint=None, episode_meta=None):
         meta = dict(episode_meta or {})
         if self.config.dnsmos is not None:  # which config built this worker: the normal or the reduced one
             meta["dnsmos_batch_size"] = self.config.dnsmos.batch_size
-        self.misfortune(episode_id)
-        return super().process(path, episode_id, out_dir, language_hint, meta)
+        return super().prepare(path, episode_id, out_dir, language_hint, meta)
+
+    def infer(self, prepared):
+        self.misfortune(prepared.episode_id)
+        return super().infer(prepared)
 
     def misfortune(self, episode_id: str) -> None:
         pass
@@ -79,6 +85,48 @@ class Sleeper:
         time.sleep(float(os.environ["EMILIA_TEST_PROCESS_S"]))
         files = write_episode(Path(out_dir), np.zeros(0, np.float32), 24000, [], {"episode_id": episode_id})
         return EpisodeResult(episode_id, language_hint or "und", 60.0, [], [], {"gpu": 1.0}, files)
+
+
+class SlowStages:
+    """Overlap tests: a decode that takes EMILIA_TEST_DECODE_S (the real `audio.standardize`, padded by a sleep to
+    that length whatever the machine's load) and a model that takes EMILIA_TEST_PROCESS_S; the export writes an
+    episode with no segments. Its three parts are the pipeline's (`prepare`, `infer`, `finish`)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def prepare(self, path, episode_id, out_dir, language_hint=None, episode_meta=None):
+        from emilia_pipe.audio import standardize
+        from emilia_pipe.pipeline import Prepared
+
+        t0 = time.perf_counter()
+        audio = standardize(path)
+        time.sleep(max(0.0, float(os.environ["EMILIA_TEST_DECODE_S"]) - (time.perf_counter() - t0)))
+        return Prepared(episode_id, Path(out_dir), language_hint, dict(episode_meta or {}), audio,
+                        {"standardize": time.perf_counter() - t0})
+
+    def infer(self, prepared):
+        from emilia_pipe.pipeline import Inferred
+
+        time.sleep(float(os.environ["EMILIA_TEST_PROCESS_S"]))
+        prepared.timings["gpu"] = float(os.environ["EMILIA_TEST_PROCESS_S"])
+        return Inferred(prepared, np.zeros(0, np.float32), prepared.audio.size / 24000,
+                        prepared.language_hint or "und", [], [], {})
+
+    def finish(self, inferred):
+        from emilia_pipe.export import write_episode
+        from emilia_pipe.pipeline import EpisodeResult
+
+        p = inferred.prepared
+        files = write_episode(p.out_dir, inferred.vocals, 24000, [], {"episode_id": p.episode_id})
+        return EpisodeResult(p.episode_id, inferred.language, inferred.duration, [], [], p.timings, files)
+
+    def process(self, path, episode_id, out_dir, language_hint=None, episode_meta=None):
+        return self.finish(self.infer(self.prepare(path, episode_id, out_dir, language_hint, episode_meta)))
+
+
+def slow_stages(config: Any) -> SlowStages:
+    return SlowStages(config)
 
 
 def oom_once(config: Any) -> OomOnce:

@@ -17,9 +17,11 @@ loads from disk; a dict also sends the embedding to pyannote's own loader whatev
 string path is routed by substring, and one that contains "wespeaker" but not "pyannote" would go to the ONNX
 loader and fail).
 
-The segmentation window slides by half its length (`segmentation_step: 0.5`, production uses 0.1): five times
-fewer segmentation and embedding passes, which is what makes a CPU test fast. Weights come from a fixed seed, so two
-builds hold the same tensors; only the output's meaning is random (speakers found are not the real ones).
+The segmentation window slides by half its length (`segmentation_step: 0.5`, production uses 0.1): five times fewer
+segmentation and embedding passes, which is what makes a CPU test fast. `build(..., segmentation_step=0.1)` gives
+community-1's own step, for production-size timings (the architectures are already the real ones). Weights come from
+a fixed seed, so two builds hold the same tensors; only the output's meaning is random (speakers found are not the
+real ones).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SEED = 20_251_127
 EMBEDDING_DIM = 256  # WeSpeakerResNet34's output
 PLDA_DIM = 128  # community-1's LDA dimension, and PLDA's default `lda_dimension`
 SEGMENTATION_STEP = 0.5
+PRODUCTION_STEP = 0.1  # speaker-diarization-community-1's config.yaml
 
 
 def _save_checkpoint(model, path: Path) -> None:
@@ -98,8 +101,8 @@ def _plda(directory: Path, rng: np.random.Generator) -> None:
     np.savez(directory / "plda.npz", mu=rng.standard_normal(PLDA_DIM) * 0.01, tr=tr, psi=psi)
 
 
-def config() -> dict:
-    """community-1's config.yaml with a coarser segmentation step (see module docstring)."""
+def config(segmentation_step: float = SEGMENTATION_STEP) -> dict:
+    """community-1's config.yaml, by default with a coarser segmentation step (see module docstring)."""
     return {
         "dependencies": {"pyannote.audio": "4.0.0"},
         "pipeline": {
@@ -107,7 +110,7 @@ def config() -> dict:
             "params": {
                 "clustering": "VBxClustering",
                 "segmentation": "$model/segmentation",
-                "segmentation_step": SEGMENTATION_STEP,
+                "segmentation_step": segmentation_step,
                 "segmentation_batch_size": 32,
                 "embedding": "$model/embedding",
                 "embedding_batch_size": 32,
@@ -122,7 +125,7 @@ def config() -> dict:
     }
 
 
-def build(out_dir: Path) -> Path:
+def build(out_dir: Path, segmentation_step: float = SEGMENTATION_STEP) -> Path:
     """Write the pipeline folder (about 33 MB, a few seconds on CPU) and return it, for `Pipeline.from_pretrained`."""
     # Importing pyannote sets PYANNOTE_METRICS_ENABLED=true when it is unset, which child processes would inherit.
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
@@ -135,5 +138,5 @@ def build(out_dir: Path) -> Path:
         _segmentation(out_dir / "segmentation" / "pytorch_model.bin")
         _embedding(out_dir / "embedding" / "pytorch_model.bin")
     _plda(out_dir / "plda", np.random.default_rng(SEED))
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config(), sort_keys=False))
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config(segmentation_step), sort_keys=False))
     return out_dir

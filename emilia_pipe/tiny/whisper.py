@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 OPENAI_WHISPER_VERSION = "20250625"
@@ -39,6 +40,30 @@ LANGUAGES = (
     "ha", "ba", "jw", "su",
 )
 VOCAB_SIZE = 51_865  # 50,257 ranks + 2 + 99 languages + 6 task/control tokens + 1,501 timestamps
+LANGUAGES_V3 = (*LANGUAGES, "yue")  # large-v3 added Cantonese: 100 languages, 51,866 ids
+
+
+@dataclass(frozen=True)
+class WhisperShape:
+    """A Whisper network's dimensions; the vocabulary follows from the languages (99, or 100 from large-v3 on)."""
+
+    num_mel_bins: int = 80
+    d_model: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_heads: int = 4
+    ffn_dim: int = 256
+    languages: tuple[str, ...] = LANGUAGES
+
+    @property
+    def vocab_size(self) -> int:
+        return 50_257 + len(special_tokens(self.languages))
+
+
+TINY = WhisperShape()
+# openai/whisper-large-v3's config.json: 1,550 M parameters, 128 mel bins, 32 + 32 layers of width 1280, 20 heads.
+LARGE_V3 = WhisperShape(num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32, attention_heads=20,
+                        ffn_dim=5120, languages=LANGUAGES_V3)
 # Rank 50256 is the empty byte string. It stays in the vocabulary as "" (ids after it keep their place), and
 # CTranslate2 relies on it: a Whisper vocabulary that contains "" is what it takes as multilingual.
 _EMPTY_RANK_TOKEN = ""
@@ -133,12 +158,12 @@ def _merge_for(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes,
     return parts[0], parts[1]
 
 
-def special_tokens() -> list[str]:
+def special_tokens(languages: tuple[str, ...] = LANGUAGES) -> list[str]:
     """Whisper's special tokens in id order, starting right after the 50,257 byte-level ranks."""
     return [
         "<|endoftext|>",
         "<|startoftranscript|>",
-        *[f"<|{lang}|>" for lang in LANGUAGES],
+        *[f"<|{lang}|>" for lang in languages],
         "<|translate|>",
         "<|transcribe|>",
         "<|startoflm|>",
@@ -149,8 +174,9 @@ def special_tokens() -> list[str]:
     ]
 
 
-def tokenizer_json(tiktoken_path: Path) -> str:
-    """A `tokenizers` JSON equivalent to tiktoken's multilingual encoding, with all 51,865 ids dense."""
+def tokenizer_json(tiktoken_path: Path, languages: tuple[str, ...] = LANGUAGES) -> str:
+    """A `tokenizers` JSON equivalent to tiktoken's multilingual encoding, with all ids dense (51,865 for 99
+    languages, 51,866 for large-v3's 100)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     ranks = load_ranks(tiktoken_path)
@@ -175,57 +201,97 @@ def tokenizer_json(tiktoken_path: Path) -> str:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens()])
-    if tok.get_vocab_size() != VOCAB_SIZE or tok.token_to_id("<|endoftext|>") != 50_257:
-        raise ValueError(f"tokenizer has {tok.get_vocab_size()} ids, expected {VOCAB_SIZE}")
+    specials = special_tokens(languages)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    expected = 50_257 + len(specials)
+    if tok.get_vocab_size() != expected or tok.token_to_id("<|endoftext|>") != 50_257:
+        raise ValueError(f"tokenizer has {tok.get_vocab_size()} ids, expected {expected}")
     return tok.to_str()
 
 
-def build(out_dir: Path, tiktoken_path: Path | None = None, seed: int = 0) -> Path:
+def build(out_dir: Path, tiktoken_path: Path | None = None, seed: int = 0, shape: WhisperShape = TINY,
+          init_device: str | None = None, quantization: str | None = None) -> Path:
     """Write a random-weight CTranslate2 Whisper to `out_dir` and return it (deterministic for a given seed).
 
     Goes through transformers + ctranslate2's own converter rather than writing model.bin by hand, so the
     files are exactly what `ct2-transformers-converter` makes from a real checkpoint. `lang_to_id` is set
     explicitly: without it the converter guesses languages from the tokenizer's extra special tokens and
     counts <|nospeech|> among them. `tiktoken_path` may be a `.gz` copy; None fetches it (`fetch_tiktoken`).
+
+    `shape=LARGE_V3, quantization="float16"` builds the production size (1.55 B parameters, 3.1 GB as float16,
+    as the published faster-whisper conversion stores it): its weights are drawn on `init_device` (a GPU makes that
+    seconds instead of minutes) and handed to the converter in memory, never written as a transformers checkpoint.
+    A `preprocessor_config.json` with the mel count goes beside it, as in the converted openai/whisper-large-v3, so
+    faster-whisper computes 128-bin features for it.
     """
     import torch
-    from ctranslate2.converters import TransformersConverter
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
     out_dir = Path(out_dir)
     if tiktoken_path is None:
         tiktoken_path = fetch_tiktoken()
-    specials = special_tokens()
+    specials = special_tokens(shape.languages)
     ids = {t: 50_257 + i for i, t in enumerate(specials)}
     eot, sot, no_ts = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = Path(tmp) / "hf"
         hf_dir.mkdir()
-        (hf_dir / "tokenizer.json").write_text(tokenizer_json(tiktoken_path), encoding="utf-8")
+        (hf_dir / "tokenizer.json").write_text(tokenizer_json(tiktoken_path, shape.languages), encoding="utf-8")
         (hf_dir / "tokenizer_config.json").write_text(
             json.dumps({"tokenizer_class": "WhisperTokenizer", "model_max_length": 448, "unk_token": "<|endoftext|>",
                         "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
         )
+        (hf_dir / "preprocessor_config.json").write_text(json.dumps({
+            "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": shape.num_mel_bins,
+            "sampling_rate": 16_000, "hop_length": 160, "chunk_length": 30, "n_fft": 400, "n_samples": 480_000,
+            "nb_max_frames": 3000, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False,
+        }))
         config = WhisperConfig(
-            vocab_size=VOCAB_SIZE, num_mel_bins=80, d_model=64,
-            encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=256,
-            decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=256,
+            vocab_size=shape.vocab_size, num_mel_bins=shape.num_mel_bins, d_model=shape.d_model,
+            encoder_layers=shape.encoder_layers, encoder_attention_heads=shape.attention_heads,
+            encoder_ffn_dim=shape.ffn_dim, decoder_layers=shape.decoder_layers,
+            decoder_attention_heads=shape.attention_heads, decoder_ffn_dim=shape.ffn_dim,
             max_source_positions=1500, max_target_positions=448,
             pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
             begin_suppress_tokens=[220, eot], suppress_tokens=[],
         )
         torch.manual_seed(seed)
-        model = WhisperForConditionalGeneration(config).eval()
+        device = torch.device(init_device or "cpu")
+        with device:
+            model = WhisperForConditionalGeneration(config).eval()
+        if device.type != "cpu":
+            model = model.half().to("cpu")
         model.generation_config = GenerationConfig(
             decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
             no_timestamps_token_id=no_ts, suppress_tokens=[], begin_suppress_tokens=[220, eot],
             is_multilingual=True, max_length=448,
-            lang_to_id={f"<|{lang}|>": ids[f"<|{lang}|>"] for lang in LANGUAGES},
+            lang_to_id={f"<|{lang}|>": ids[f"<|{lang}|>"] for lang in shape.languages},
             task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         )
-        model.save_pretrained(hf_dir)
-        converter = TransformersConverter(str(hf_dir), copy_files=["tokenizer.json"])
-        converter.convert(str(out_dir), force=True)
+        config.save_pretrained(hf_dir)
+        model.generation_config.save_pretrained(hf_dir)
+        converter = _InMemoryConverter(model, str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"])
+        converter.convert(str(out_dir), force=True, quantization=quantization)
+        del model
     return out_dir
+
+
+def _in_memory_converter_class():
+    from ctranslate2.converters import TransformersConverter
+
+    class InMemoryConverter(TransformersConverter):
+        """ctranslate2's converter, handed the model object instead of reading a checkpoint from disk."""
+
+        def __init__(self, model, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._model = model
+
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            return self._model
+
+    return InMemoryConverter
+
+
+def _InMemoryConverter(model, *args, **kwargs):  # noqa: N802 - a class built on demand (ctranslate2 is heavy)
+    return _in_memory_converter_class()(model, *args, **kwargs)

@@ -87,5 +87,20 @@ def assert_paired(members: dict[str, bytes]) -> list[dict]:
     return [json.loads(members[f"{s}.json"]) for s in sorted(stems)]
 
 
+ALL_STAGES = ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
+
+
+def assert_every_stage_ran(doc: dict) -> None:
+    """From an episode's all_segments.json: each stage has a recorded time and its output is there."""
+    episode, segments = doc["episode"], doc["segments"]
+    assert episode["stages"] == list(episode["stage_seconds"]) == ALL_STAGES, episode
+    assert all(t > 0 for t in episode["stage_seconds"].values()), episode["stage_seconds"]
+    assert episode["separation_removed_db"] > -120.0, "separation returned the mix unchanged"
+    assert segments, "an episode with speech has segments"
+    assert all(s["text"] for s in segments), "ASR gave every kept segment a text"
+    assert all({"sig", "bak", "ovrl"} <= set(s["dnsmos"] or {}) for s in segments), "DNSMOS scored every segment"
+    assert all(s["speaker"].startswith(f"{episode['episode_id']}_S") for s in segments)
+
+
 def status_table(root: Path, batch_id: str) -> pl.DataFrame:
     return pl.read_parquet(root / "processed/_batches" / f"{batch_id}.parquet")

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from resources.object_store import ObjectStoreResource
 from tests.integration.helpers import (
+    assert_every_stage_ran,
     assert_paired,
     batch_from_sensor,
     materialize_batch,
@@ -46,12 +47,12 @@ def test_batch_runs_raw_audio_to_shards_with_every_stage(store, tmp_path, full_p
         eid = ep["episode_id"][0]
         ep_dir = root / "processed/en" / eid
         doc = json.loads((ep_dir / "all_segments.json").read_text())
-        assert doc["episode"]["stages"] == ["standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export"]
+        assert_every_stage_ran(doc)
         mp3s = sorted(p.name for p in ep_dir.glob("*.mp3"))
         assert mp3s == sorted(s["wav"] for s in doc["segments"])
         for seg in doc["segments"]:
             assert 3.0 <= seg["duration"] <= 30.0
-            assert seg["text"] and seg["language"] == "en" and seg["language_probability"] == 1.0
+            assert seg["text"] and seg["language"] == "en"
             assert seg["speaker"].startswith(f"{eid}_S")
             assert set(seg["dnsmos"]) == {"sig", "bak", "ovrl", "p808"}
             assert all(1.0 <= v <= 5.0 for v in seg["dnsmos"].values())

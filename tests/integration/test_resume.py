@@ -8,13 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.run_progress import wait_until
 from resources.object_store import ObjectStoreResource
 from tests.integration.helpers import SAMPLES, batch_from_sensor, materialize_batch, metadata
 
@@ -53,12 +53,17 @@ def test_killed_run_resumes_only_unfinished_episodes(tmp_path):
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     markers = root / "processed/_episodes"
-    deadline = time.monotonic() + 180
-    while not (markers.is_dir() and any(markers.glob("*.json"))):
+
+    def still_running() -> None:
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+
+    try:
+        with instance_at(home) as instance:  # the CLI's run logs there: its progress keeps the wait going
+            wait_until(instance, done=lambda _: markers.is_dir() and any(markers.glob("*.json")),
+                       expected=lambda _: f"a finished episode's marker in {markers}", poll_s=0.05,
+                       log=lambda _: None, check=still_running)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
     finished = {p.stem for p in markers.glob("*.json")}

@@ -31,7 +31,7 @@ def test_sensor_daemon_and_runs_take_s3_raw_audio_to_shards(s3_env, tmp_path, mo
         s3.upload_file(str(SAMPLES / f"{stem}.mp3"), bucket, f"raw_audio/en/pod/{stem}.mp3")
     s3.put_object(Bucket=bucket, Key="raw_audio/en/pod/two_voices.json", Body=b'{"title": "two voices"}')
 
-    runs = run_daemon_until({"probe_job": 1, "emilia_job": 1, "publish_job": 1}, timeout_s=300, env=env)
+    runs = run_daemon_until({"probe_job": 1, "emilia_job": 1, "publish_job": 1}, env=env)  # ends on no progress
     assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 3
     assert {r.tags["dagster/partition"] for r in runs} == {runs[0].tags["dagster/partition"]}
     batch = runs[0].tags["dagster/partition"]

@@ -184,3 +184,21 @@ def test_gpu_job_carries_the_gpu_placement_as_its_own_tag():
     assert json.loads(job.tags[K8S_CONFIG_TAG]) == GPU_RUN_K8S_CONFIG
     assert gpu_definitions.defs().resolve_assets_def("processed_segments").op.pool == GPU_POOL
 
+
+
+def test_courtesy_rbac_is_valid_and_bound_to_the_code_servers_account():
+    import kubernetes_validate
+
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "courtesy-rbac.yaml").read_text()) if d]
+    account = values()["dagster-user-deployments"]["serviceAccount"]["name"]
+    namespace = "emilia"  # the release's namespace, as in deploy/README.md
+    for version in ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"):
+        for doc in docs:
+            kubernetes_validate.validate(doc, version, strict=True)
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    assert len(bindings) == 2
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    rules = {d["kind"]: d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    assert {"list"} <= set(rules["ClusterRole"][0]["verbs"]) and rules["ClusterRole"][0]["resources"] == ["pods"]
+    assert "delete" in rules["Role"][0]["verbs"] and rules["Role"][0]["resources"][0] == "jobs"

@@ -1,8 +1,9 @@
 """DNSMOS with Microsoft's real ONNX models: it must rank clean speech above noisy speech, tile short clips, and give
 the same numbers whether clips are scored alone or batched together.
 
-The model files live in ../shared/models/dnsmos (see its README); the model tests skip where they are absent. The
-window, tiling, filterbank and device helpers are tested without them.
+The model files live in ../shared/models/dnsmos (see its README); the model tests skip where they are absent, and
+fail there with EMILIA_REQUIRE_SHARED_MODELS=1 (CI; tests/shared_models.py). The window, tiling, filterbank and
+device helpers are tested without them.
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from emilia_pipe.dnsmos import (
     tile_to_window,
     window_starts,
 )
+from tests.shared_models import SHARED_MODELS, needs_shared_models
 
-MODELS = Path(__file__).resolve().parents[2].parent / "shared/models/dnsmos"
-SIG_BAK_OVR = MODELS / "sig_bak_ovr.onnx"
-P808 = MODELS / "model_v8.onnx"
+SIG_BAK_OVR = SHARED_MODELS / "dnsmos/sig_bak_ovr.onnx"
+P808 = SHARED_MODELS / "dnsmos/model_v8.onnx"
 MONOLOGUE = Path(__file__).resolve().parents[2] / "samples" / "monologue.mp3"
 KEYS = {"sig", "bak", "ovrl"}
 
-needs_models = pytest.mark.skipif(
-    not (SIG_BAK_OVR.is_file() and P808.is_file()),
-    reason=f"real DNSMOS models not found in {MODELS} (sig_bak_ovr.onnx, model_v8.onnx; see shared/models/README.md)",
-)
+needs_models = needs_shared_models("dnsmos/sig_bak_ovr.onnx", "dnsmos/model_v8.onnx")
 
 
 @pytest.fixture(scope="module")

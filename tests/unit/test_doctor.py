@@ -37,8 +37,24 @@ def test_doctor_fails_clearly_when_cuda_is_asked_for_and_absent(tmp_path, tiny_m
 
 def test_doctor_fails_when_a_requested_cuda_stage_would_run_on_the_cpu(tmp_path, tiny_models):
     proc = doctor(tmp_path, "--models", str(tiny_models), "--load", "--stages", "separate", EMILIA_DEVICE="cpu",
-                  SEPARATION_DEVICE="cuda")
+                  SEPARATION_DEVICE="cuda", SEPARATION_BACKEND="onnxruntime")
     assert proc.returncode == 1
     assert ("FAIL load the pipeline: DeviceError: separation: device 'cuda' was requested but this onnxruntime"
             in proc.stdout)
     assert "doctor: 1 check(s) failed" in proc.stdout
+
+
+def test_doctor_checks_the_torch_path_of_the_onnx_stages_too(tmp_path, tiny_models):
+    """The default GPU path of separation and DNSMOS is torch: a CUDA stage torch cannot serve fails the doctor."""
+    proc = doctor(tmp_path, "--models", str(tiny_models), "--load", "--stages", "separate,dnsmos",
+                  EMILIA_DEVICE="cpu", DNSMOS_DEVICE="cuda:0")
+    assert proc.returncode == 1
+    assert ("FAIL load the pipeline: DeviceError: dnsmos: device 'cuda:0' was requested but torch sees no CUDA device"
+            in proc.stdout)
+    proc = doctor(tmp_path, "--models", str(tiny_models), "--load", "--json", "--stages", "separate,dnsmos",
+                  EMILIA_DEVICE="cpu", SEPARATION_BACKEND="torch", DNSMOS_BACKEND="torch")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["facts"]["stage_devices"] == {"vad": "cpu", "separate": "cpu", "dnsmos": "cpu"}
+    assert report["facts"]["stage_backends"]["separate"].startswith("torch float32 on cpu")
+    assert report["facts"]["stage_backends"]["dnsmos"].startswith("torch float32 on cpu")

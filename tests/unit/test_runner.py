@@ -199,6 +199,43 @@ def test_downloads_run_ahead_of_the_workers(store, tmp_path, monkeypatch):
     serial, serial_s, _, _ = timed(1, "serial")  # a budget of one file: the next download waits for the worker
     ahead, ahead_s, t, ids = timed(10 * 2**30, "ahead")
     assert serial.status["status"].to_list() == ahead.status["status"].to_list() == ["done"] * 5
-    # each next file was already local when the worker finished the previous one
-    assert all(t[ids[i + 1]]["fetched"] < t[ids[i]]["processed"] for i in range(len(ids) - 1))
+    # each next file was local by the time the worker finished the previous one (downloads and processing take
+    # equally long, so when the worker starts within one download the two meet: a tenth of a delay of slack)
+    assert all(t[ids[i + 1]]["fetched"] < t[ids[i]]["processed"] + 0.15 for i in range(len(ids) - 1)), t
+    print(f"prefetch: {ahead_s:.1f} s with downloads ahead, {serial_s:.1f} s one file at a time "
+          f"(ratio {ahead_s / serial_s:.2f}; 5 episodes, 1.5 s download and 1.5 s processing each)")
     assert ahead_s < 0.75 * serial_s, (ahead_s, serial_s)
+
+
+def test_a_worker_overlaps_decoding_with_the_models(store, tmp_path, monkeypatch):
+    """With a decode as slow as the model, one worker takes about N model times for N episodes, not N sums.
+
+    Both runs in this process, one worker each: the baseline runs an episode start to end before the next
+    (overlap off); the other decodes the next episode on a CPU thread while the current one is in the model."""
+    episodes = seed(store, 6)
+    decode_s, model_s = 1.0, 1.0
+    monkeypatch.setenv("EMILIA_TEST_DECODE_S", str(decode_s))
+    monkeypatch.setenv("EMILIA_TEST_PROCESS_S", str(model_s))
+
+    def timed(overlap: bool, out: str):
+        outcome = run_batch("b1", episodes, store, LocalStore(tmp_path / out), "processed/", PipeConfig(),
+                            plan_workers("cpu", cpu_workers=1, cpu_count=2), tmp_path / "work",
+                            settings=RunnerSettings(overlap=overlap), factory="pool_doubles:slow_stages")
+        t = outcome.timeline
+        ids = [e.episode_id for e in episodes]
+        # from the first episode handed to the worker to the last one exported: the worker's wall time
+        return outcome, max(t[i]["processed"] for i in ids) - min(t[i]["sent"] for i in ids), t, ids
+
+    serial, serial_s, _, _ = timed(False, "serial")
+    overlapped, overlap_s, t, ids = timed(True, "overlap")
+    assert serial.status["status"].to_list() == overlapped.status["status"].to_list() == ["done"] * 6
+    assert overlapped.status["attempts"].to_list() == [1] * 6
+    n = len(episodes)
+    assert serial_s >= n * (decode_s + model_s)  # the baseline pays the sum, episode after episode
+    # the next episode entered the model as soon as the previous one left it: its decode was already done
+    order = sorted(ids, key=lambda i: t[i]["started"])  # downloads finish in any order; the worker's own order
+    gaps = [round(t[order[i + 1]]["started"] - t[order[i]]["inferred"], 2) for i in range(n - 1)]
+    assert max(gaps) < 0.5 * decode_s, (gaps, overlap_s, serial_s, t)
+    # close to the larger of the two per episode (plus the first decode), not their sum
+    assert overlap_s < n * max(decode_s, model_s) + decode_s + 1.5, (overlap_s, serial_s)
+    assert overlap_s < 0.7 * serial_s, (overlap_s, serial_s)

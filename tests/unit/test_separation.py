@@ -236,6 +236,6 @@ def test_cuda_without_cuda_runtime_is_an_error_not_a_slow_cpu_run(tiny_model: st
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(DeviceError, match=r"separation: device 'cuda:0' was requested .* \(install onnxruntime-gpu"):
-        MdxSeparator(SeparationConfig(tiny_model, device="cuda:0"))
+        MdxSeparator(SeparationConfig(tiny_model, device="cuda:0", backend="onnxruntime"))
     separator = MdxSeparator(SeparationConfig(tiny_model, device="cpu"))
     assert separator.provider == CPU_EP and str(separator.torch_device) == "cpu"

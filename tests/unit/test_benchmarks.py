@@ -1,0 +1,86 @@
+"""The GPU benchmarks' CPU paths: what CI can run, and what the GPU session's script runs first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.shared_models import SHARED_MODELS, needs_shared_models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def test_gpu_throughput_on_cpu_writes_its_json(tmp_path, tiny_models):
+    out = tmp_path / "gpu_throughput.json"
+    proc = run(["benchmarks/gpu_throughput.py", "--device", "cpu", "--minutes", "1", "--models", str(tiny_models),
+                "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device_setting"] == "cpu" and report["models"]["kind"] == "tiny"
+    assert report["reference"]["emilia_audio_h_per_gpu_h"] == 21.0
+    assert any(name.endswith(".onnx") for name in report["models"]["sizes"]["files_bytes"])
+    assert [r["workers"] for r in report["runs"]] == [1, 2, 3]
+    episodes = report["audio"]["episodes"]
+    for r in report["runs"]:
+        assert r["episodes"] == {"done": episodes, "failed": 0}
+        assert abs(r["audio_hours"] - 1 / 60) < 0.001  # every run processed the whole minute
+        assert r["pipe_audio_h_per_gpu_h"] > 0 and r["cpu_cores_used"] > 0
+        assert set(r["stage_audio_h_per_busy_h"]) == {"standardize", "separate", "diarize", "vad", "asr", "dnsmos",
+                                                      "export"}
+        # read back from every worker's runtimes, not copied from the setting
+        assert len(r["stage_devices"]) == r["workers"]
+        for devices in r["stage_devices"].values():
+            assert devices == {"vad": "cpu", "separate": "cpu", "dnsmos": "cpu", "asr": "cpu", "diarize": "cpu"}
+        for backends in r["stage_backends"].values():
+            assert backends["separate"].startswith("onnxruntime CPUExecutionProvider")
+            assert backends["asr"].startswith("ctranslate2 int8 on cpu")
+        assert r["gpu_util_mean_pct"] is None and r["gpu_samples"] == 0  # no GPU here: nothing invented
+
+
+def test_pipe_stages_records_the_device_each_stage_ran_on(tmp_path, tiny_models):
+    out = tmp_path / "pipe_stages.json"
+    proc = run(["benchmarks/pipe_stages.py", "--models", str(tiny_models), "--minutes", "0.3", "--device", "cpu",
+                "--stages", "separate,dnsmos", "--out", str(out)], DNSMOS_BACKEND="torch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "device" not in report and report["device_setting"] == "cpu"
+    assert report["stage_devices"] == {"standardize": "cpu", "separate": "cpu", "vad": "cpu", "dnsmos": "cpu",
+                                       "export": "cpu"}
+    assert report["stage_backends"]["dnsmos"].startswith("torch float32 on cpu")
+
+
+def test_the_old_h200_result_says_where_each_stage_ran():
+    doc = json.loads((ROOT / "benchmarks/results/pipe_stages_h200_cuda_tiny.json").read_text())
+    assert "device" not in doc and doc["device_setting"] == "cuda"
+    assert doc["stage_devices"]["separate"] == doc["stage_devices"]["dnsmos"] == "cpu"
+    assert doc["stage_devices"]["diarize"] == "cuda" and "asr" not in doc["stage_s_per_audio_hour"]
+    assert set(doc["stage_devices"]) == set(doc["stage_s_per_audio_hour"])
+
+
+@needs_shared_models("dnsmos/sig_bak_ovr.onnx", "dnsmos/model_v8.onnx")
+def test_the_device_script_runs_its_cpu_path(tmp_path, tiny_models):
+    """benchmarks/gpu_throughput_device.sh end to end on the CPU: environment record, tiny models built from the
+    real DNSMOS, doctor read-back, the throughput run; the same steps the GPU session runs with --device cuda."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "MODELS": str(tmp_path / "models"),
+           "DNSMOS_DIR": str(SHARED_MODELS / "dnsmos"),
+           "TIKTOKEN": str(tiny_models / ".cache" / "multilingual.tiktoken")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_throughput_device.sh", "--device", "cpu", "--minutes", "1",
+                           "--workers", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["modules"]["torch"] and "gpus" in environment
+    doctor = json.loads((out / "doctor.json").read_text())
+    assert doctor["ok"] and set(doctor["facts"]["stage_devices"].values()) == {"cpu"}
+    report = json.loads((out / "gpu_throughput_device_cpu_tiny.json").read_text())
+    assert report["stages"] == ["separate", "diarize", "asr", "dnsmos"]
+    assert [r["workers"] for r in report["runs"]] == [1] and report["runs"][0]["episodes"]["failed"] == 0
+    assert "done (rc 0)" in (out / "device.log").read_text()
