@@ -58,7 +58,7 @@ def test_batches_publish_with_faults_midway_and_rerun_uploads_nothing(fake_hub, 
         again = materialize_batch(instance, store, batch, selection=[hf_shards], max_shard_mb=0.3, hf=hf)
         assert metadata(again, "hf_shards")["uploaded_files"] == 0  # same bytes: nothing to send
         assert len(fake_hub.commits(REPO)) == commits_before
-        assert sorted(p for p in fake_hub.files(REPO) if p.startswith("data/")) == shards
+        assert sorted(p for p in fake_hub.files(REPO) if p.startswith("data/")) == sorted(shards + parquets)
     assert TOKEN not in caplog.text
     for event in run.all_events + again.all_events:
         assert TOKEN not in repr(event)
