@@ -34,6 +34,7 @@ the machine: CPU model, cores, load average at the start, versions of ffmpeg, so
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -420,6 +421,7 @@ def bench_shards(args: argparse.Namespace) -> dict[str, Any]:
         for path in [*files.iterdir(), *(work / "shard_store").rglob("*.mp3")]:  # same page cache for both
             path.read_bytes()
         runs: dict[str, list[float]] = {"ours": [], "tar": [], "parquet_twin": []}
+        digests: dict[str, list[str]] = {}
         out_bytes: dict[str, int] = {}
         for rep in range(args.repeat):
             for name, fn in (("ours", ours), ("tar", plain_tar)) if rep % 2 == 0 else (("tar", plain_tar),
@@ -429,6 +431,7 @@ def bench_shards(args: argparse.Namespace) -> dict[str, Any]:
                 t, paths = timed(lambda fn=fn, out=out: fn(out))
                 runs[name].append(t)
                 out_bytes[name] = sum(p.stat().st_size for p in paths)
+                digests[name] = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
                 out_bytes[f"{name}_files"] = len(paths)
                 if name == "ours":
                     t, _ = timed(lambda paths=paths, out=out: [shard_to_parquet(p, out / f"{p.stem}.parquet")
@@ -455,6 +458,8 @@ def bench_shards(args: argparse.Namespace) -> dict[str, Any]:
         "payload_bytes": payload,
         "out_bytes": out_bytes,
         "same_members": same_members,
+        # one shard each (below max_shard_bytes): the same bytes as GNU tar's, or not
+        "identical_bytes": digests["ours"] == digests["tar"],
         "median_s": med,
         "runs_s": {k: [round(x, 4) for x in v] for k, v in runs.items()},
         "rows": [{
