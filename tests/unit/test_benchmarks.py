@@ -84,3 +84,45 @@ def test_the_device_script_runs_its_cpu_path(tmp_path, tiny_models):
     assert report["stages"] == ["separate", "diarize", "asr", "dnsmos"]
     assert [r["workers"] for r in report["runs"]] == [1] and report["runs"][0]["episodes"]["failed"] == 0
     assert "done (rc 0)" in (out / "device.log").read_text()
+
+
+def test_cpu_side_benchmarks_run_at_smoke_size(tmp_path):
+    """benchmarks/cpu_side.py, every topic at its smoke size in one process: the figures of benchmarks/README.md's
+    CPU table come from the same code, so it must keep running and keep comparing like with like."""
+    proc = run(["-W", "ignore", "benchmarks/cpu_side.py", "smoke", "--out-dir", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    docs = {t: json.loads((tmp_path / f"cpu_side_{t}.json").read_text()) for t in ("audio", "shards", "dagster",
+                                                                                      "sensor")}
+    for topic, doc in docs.items():
+        assert doc["topic"] == topic and doc["smoke"] is True
+        host = doc["machine"]
+        assert host["cores"] >= 1 and len(host["load_avg_at_start"]) == 3 and host["cpu_model"]
+        assert host["versions"]["ffmpeg"].startswith("ffmpeg version") and host["versions"]["soxr"]
+        assert host["versions"]["dagster"]
+
+    audio = docs["audio"]
+    assert audio["ffmpeg_vs_ours_snr_db"] > 60, "ffmpeg's standardized audio is not ours: the comparison is unfair"
+    assert [r["ratio"] > 0 and r["ours_realtime"] > 0 for r in audio["rows"]] == [True] * 4
+    sizes = audio["sizes"]
+    assert sizes["ffmpeg_export_one_process_files"] == sizes["ours_export_files"] == audio["config"]["segments"]
+    assert abs(sizes["ffmpeg_export_per_segment_bytes"] / sizes["ours_export_bytes"] - 1) < 0.05  # same bitrate
+
+    shards = docs["shards"]
+    assert shards["same_members"] and shards["rows"][0]["ours_bytes"] == shards["rows"][0]["baseline_bytes"]
+    assert shards["payload_bytes"] > 0 and shards["rows"][0]["ratio"] > 0
+
+    dagster = docs["dagster"]
+    assert dagster["counts"]["dagster_resumed"] == dagster["counts"]["runner_resumed"] == {
+        "done": 0, "resumed": 1, "failed": 0, "segments": dagster["counts"]["warmup"]["segments"]}
+    assert dagster["dagster_runs_recorded"] == 1  # the run went through the instance on disk
+    assert dagster["rows"][0]["overhead_s"] == round(dagster["rows"][0]["ours_s"] - dagster["rows"][0]["baseline_s"],
+                                                     3)
+
+    for size in docs["sensor"]["sizes"]:
+        assert size["batches"] == -(-size["objects"] // 200)  # every object batched once, 200 to a batch
+        first, steady = size["first_sweep"], size["steady_sweep"]
+        assert first["requests_by_operation"]["ListObjectsV2"] >= size["objects"] // 1000 + 1
+        assert first["requests_by_operation"]["PutObject"] >= size["batches"]  # a manifest per batch
+        assert steady["ticks"] >= 1
+        assert steady["requests_by_operation"].get("PutObject", 0) <= steady["ticks"]  # a tick record, no manifest
+        assert 0 < first["tick_own_s_median"] <= first["tick_s_median"]
