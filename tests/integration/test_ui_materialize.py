@@ -278,9 +278,13 @@ def test_materialize_a_batch_from_the_ui_and_see_its_metadata_and_check(tmp_path
             shots.take("metadata")
             # ...and the result of the segment_ids_unique check, among the asset's checks
             page.get_by_role("tab", name="Checks").click()
-            page.get_by_role("textbox", name="Filter checks").fill(CHECK)
+            search, none = page.get_by_role("textbox", name="Filter checks"), page.get_by_text("No checks defined")
+            expect(search.or_(none)).to_be_visible()
+            if none.is_visible():
+                pytest.fail(f"processed_segments has no asset checks: the UI cannot show {CHECK}'s result")
+            search.fill(CHECK)
             listed = page.locator("span").filter(has=page.get_by_title(CHECK, exact=True))
-            expect(listed).to_contain_text("Succeeded")
+            expect(listed, f"{CHECK}'s latest result in the Checks tab's list").to_contain_text("Succeeded")
             listed.click()
             expect(page.get_by_text("Evaluation result")).to_be_visible()
             expect(page.get_by_text("Passed", exact=True)).to_be_visible()
