@@ -8,7 +8,8 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 # PostgreSQL server binaries: the test of the Helm deployment's Postgres-backed daemon starts its own server.
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null || need+=(postgresql)
-if [ "${EMILIA_BROWSER_TESTS:-0}" = "1" ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
+# Debian's chromium: the browser test of the Dagster UI drives it through playwright (which downloads no browser).
+command -v chromium >/dev/null || need+=(chromium)
 # A throwaway Ceph radosgw for tests/integration/test_radosgw.py (~100 MB of packages; skipped without them).
 if [ "${EMILIA_CEPH_TESTS:-0}" = "1" ] && ! command -v radosgw >/dev/null; then need+=(radosgw ceph-mon ceph-osd); fi
 if [ ${#need[@]} -gt 0 ]; then
