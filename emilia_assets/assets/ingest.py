@@ -28,7 +28,7 @@ PROBE_SCHEMA = {
     partitions_def=episode_batches,
     group_name="ingest",
     kinds={"python", "parquet"},
-    description="The batch's episodes (manifests/batches/<batch>.parquet), each probed: duration, codec, rate.",
+    description="The batch's episodes (`manifests/batches/<batch>.parquet`), each probed: duration, codec, rate.",
 )
 def raw_episodes(context: dg.AssetExecutionContext, store: ObjectStoreResource) -> dg.MaterializeResult:
     batch_id = context.partition_key

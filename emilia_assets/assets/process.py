@@ -67,7 +67,8 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
     pool=GPU_POOL,  # one slot = one 8-GPU pod; with run granularity the pool caps concurrent GPU runs
     group_name="process",
     kinds={"pytorch", "parquet"},
-    description="Segments of every episode of the batch: processed/<language>/<episode_id>/ (MP3 + all_segments.json).",
+    description="Segments of every episode of the batch: `processed/<language>/<episode_id>/` (MP3 and "
+    "all_segments.json).",
 )
 def processed_segments(
     context: dg.AssetExecutionContext,

@@ -91,7 +91,7 @@ def _metadata(outcome: PublishOutcome) -> dict[str, dg.MetadataValue]:
     pool=RELEASE_POOL,
     group_name="publish",
     kinds={"python", "huggingface", "parquet"},
-    description="The batch in the release: WebDataset shards (shards/<language>/<batch>-<n:05d>.tar) and their "
+    description="The batch in the release: WebDataset shards (`shards/<language>/<batch>-<n:05d>.tar`) and their "
     "Parquet twins, its index, the dataset card from the release summary; uploaded to the Hugging Face dataset "
     "repo when HF_REPO_ID is set.",
 )

@@ -130,7 +130,7 @@ def _ingest_each(
     kinds={"python"},
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SOURCES_PER_RUN),
     output_required=False,
-    description="New episodes of a podcast feed, downloaded into raw_audio/<language>/<feed>/ with sidecars.",
+    description="New episodes of a podcast feed, downloaded into `raw_audio/<language>/<feed>/` with sidecars.",
 )
 def podcast_episodes(
     context: dg.AssetExecutionContext, config: PodcastIngestConfig, store: ObjectStoreResource
@@ -160,7 +160,7 @@ def podcast_episodes(
     kinds={"python"},
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SOURCES_PER_RUN),
     output_required=False,
-    description="New videos of a YouTube channel or playlist, as m4a in raw_audio/<language>/<channel>/.",
+    description="New videos of a YouTube channel or playlist, as m4a in `raw_audio/<language>/<channel>/`.",
 )
 def youtube_audio(
     context: dg.AssetExecutionContext, config: YoutubeIngestConfig, store: ObjectStoreResource
