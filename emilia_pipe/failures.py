@@ -25,3 +25,9 @@ def data_failures(status: pl.DataFrame) -> int:
     """Failed episodes of a status table whose failure another attempt would repeat."""
     failed = status.filter(pl.col("status") == "failed")["error"].to_list()
     return sum(1 for error in failed if not is_transient(error))
+
+
+def worth_retrying(status: pl.DataFrame, max_failure_fraction: float) -> bool:
+    """For a batch that failed more than `max_failure_fraction` of its episodes: would it have stayed within the
+    threshold without the store's failures? Then another attempt (which redoes only the failed episodes) may pass."""
+    return bool(status.height) and data_failures(status) / status.height <= max_failure_fraction

@@ -23,7 +23,7 @@ from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
 from emilia_assets.versions import PROCESS_CODE_VERSION
 from emilia_pipe.batching import read_manifest
-from emilia_pipe.failures import data_failures
+from emilia_pipe.failures import data_failures, worth_retrying
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, WorkerLoadError, run_batch
 from emilia_pipe.workdir import batch_dir
 from emilia_store import ObjectStore, read_parquet
@@ -32,11 +32,23 @@ from resources.gpu_pool import GpuPoolResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
 
+
 # Tries of a failed step after the first, on the same pod; 60 s then 180 s apart by default (a store outage, a
 # throttled endpoint). A run whose pod is lost is not a step failure: the run-retry daemon re-executes it (deploy/).
+def _env_number(name: str, default: float, kind: type = float) -> float:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0")
+    return value
+
+
 RETRY_POLICY = dg.RetryPolicy(
-    max_retries=int(os.environ.get("PROCESS_RETRIES") or 2),
-    delay=float(os.environ.get("PROCESS_RETRY_DELAY_S") or 60),
+    max_retries=int(_env_number("PROCESS_RETRIES", 2, int)),
+    delay=_env_number("PROCESS_RETRY_DELAY_S", 60.0),
     backoff=dg.Backoff.EXPONENTIAL,
 )
 
@@ -131,12 +143,12 @@ def processed_segments(
     total, failed = outcome.status.height, outcome.count("failed")
     if total and failed / total > config.max_failure_fraction:
         bad_data = data_failures(outcome.status)
-        retry = bad_data / total <= config.max_failure_fraction  # the store's failures tipped it over
+        retry = worth_retrying(outcome.status, config.max_failure_fraction)  # the store's failures tipped it over
         raise dg.Failure(
             description=f"{failed}/{total} episodes of batch {batch_id} failed "
                         f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list. "
-                        + (f"{failed - bad_data} of them failed to download or upload: retrying" if retry else
-                           f"{bad_data} of them for reasons another attempt would repeat: not retried"),
+                        + (f"{failed - bad_data} of them failed to download or upload: the step may be retried"
+                           if retry else f"{bad_data} of them for reasons another attempt would repeat: not retried"),
             metadata=metadata,
             allow_retries=retry,
         )

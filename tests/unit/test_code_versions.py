@@ -17,7 +17,7 @@ import polars as pl
 
 from emilia_assets.versions import process_code_version
 from emilia_pipe.catalogue import STATUS_SCHEMA
-from emilia_pipe.failures import data_failures, is_transient
+from emilia_pipe.failures import data_failures, is_transient, worth_retrying
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +85,7 @@ def test_only_store_failures_count_as_transient():
                           schema={k: STATUS_SCHEMA[k] for k in ("episode_id", "status", "error")})
     assert [is_transient(r[2]) for r in rows] == [True, True, False, False, False]
     assert data_failures(status) == 2
+    # 4 of 5 failed (over 0.5); without the store's two, 2 of 5 would have passed: worth another attempt
+    assert worth_retrying(status, 0.5)
+    assert not worth_retrying(status, 0.3)  # 2 of 5 from the data is over 0.3 on its own
+    assert not worth_retrying(status.filter(pl.col("episode_id") != "a").filter(pl.col("episode_id") != "b"), 0.5)
