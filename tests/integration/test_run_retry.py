@@ -21,16 +21,18 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 import yaml
 from dagster._grpc.client import DagsterGrpcClient
 from dagster_shared.utils import find_free_port
 
 from emilia_assets.jobs import RUN_RETRY_TAGS
 from resources.object_store import ObjectStoreResource
-from tests.integration.helpers import batch_from_sensor
+from tests.integration.helpers import batch_from_sensor, seed_samples
 from tests.integration.test_k8s_launch import process
-from tests.integration.test_resume import seed_six
 from tests.k8s_fixture import ROOT, RecordingKubeApi, deploy_instance_config, sqlite_storage, wait_until
+
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 IMAGE = "registry.example.com/emilia-forge:test-sha"
@@ -48,7 +50,7 @@ def run_pod(job: dict, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
     root = tmp_path / "store"
-    seed_six(root)
+    seed_samples(root, ["music_bed", "long_silence", "monologue"])
     home = tmp_path / "home"
     home.mkdir()
     markers = root / "processed/_episodes"
@@ -73,10 +75,10 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
         workspace = tmp_path / "workspace.yaml"
         workspace.write_text(yaml.safe_dump({"load_from": [
             {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": "emilia_gpu"}}]}))
-        client = DagsterGrpcClient(port=port, host="127.0.0.1")
-        wait_until(lambda: _pings(client), idle_s=120, poll_s=0.5)
         stack.enter_context(process([str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env,
                                     tmp_path / "daemon.log"))
+        client = DagsterGrpcClient(port=port, host="127.0.0.1")
+        wait_until(lambda: _pings(client), idle_s=120, poll_s=0.2)
         subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-l", "emilia_gpu",
                         "-j", "emilia_job", "--tags", json.dumps({"dagster/partition": batch})],
                        cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
@@ -90,7 +92,7 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
         finished = {p.stem for p in markers.glob("*.json")}
-        assert 1 <= len(finished) < 6, "the first pod was lost midway"
+        assert 1 <= len(finished) < 3, "the first pod was lost midway"
         before = {p: p.stat().st_mtime_ns for eid in finished for p in [*root.glob(f"processed/*/{eid}/*"),
                                                                         markers / f"{eid}.json"]}
         api.fail_job(api.jobs[0]["metadata"]["name"])
@@ -112,7 +114,7 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
     assert {k: retry.tags[k] for k in RUN_RETRY_TAGS} == RUN_RETRY_TAGS
     meta = {k: v.value for k, v in mat.asset_materialization.metadata.items()}
     assert mat.run_id == retry.run_id
-    assert (meta["resumed"], meta["done"], meta["failed"]) == (len(finished), 6 - len(finished), 0)
+    assert (meta["resumed"], meta["done"], meta["failed"]) == (len(finished), 3 - len(finished), 0)
     assert {p: p.stat().st_mtime_ns for p in before} == before, "finished episodes were not written again"
     segments = pl.read_parquet(root / "processed/_batches" / f"{batch}.segments.parquet")
     assert segments["id"].n_unique() == segments.height == meta["segments"]

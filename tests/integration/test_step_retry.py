@@ -1,6 +1,6 @@
 """A batch whose store goes away midway is retried by processed_segments' RetryPolicy, and the retry resumes.
 
-The real CLI (`dagster asset materialize`, the run in its own process, on a real SQLite instance) runs a batch of four
+The real CLI (`dagster asset materialize`, the run in its own process, on a real SQLite instance) runs a batch of three
 episodes from an S3 server (moto, on 127.0.0.1) reached through a TCP relay. Once an episode is complete the test
 cuts the relay, as a network partition or an outage of the endpoint would: the step fails on the store. When the
 step is up for retry the relay is restored; the retry must resume the finished episodes untouched and do the rest.
@@ -121,7 +121,7 @@ def test_a_store_outage_midway_is_retried_and_the_retry_resumes(s3_env, tmp_path
     bucket = s3_env["R2_BUCKET"]
     s3 = boto3.client("s3", endpoint_url=s3_env["R2_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
-    for i, stem in enumerate(["monologue", "music_bed"] * 2):
+    for i, stem in enumerate(["music_bed", "long_silence", "monologue"]):
         s3.upload_file(str(SAMPLES / f"{stem}.mp3"), bucket, f"raw_audio/en/show{i % 2}/{stem}.mp3")
     direct = ObjectStoreResource(bucket=bucket, endpoint_url=s3_env["R2_ENDPOINT_URL"], access_key_id="test-key-id",
                                  secret_access_key="test-secret", region_name="us-east-1")
@@ -167,7 +167,7 @@ def test_a_store_outage_midway_is_retried_and_the_retry_resumes(s3_env, tmp_path
     assert rc == 0, b"".join(output).decode()[-3000:]
 
     finished_ids = {k.rsplit("/", 1)[1].removesuffix(".json") for k in finished}
-    assert 1 <= len(finished_ids) < 4
+    assert 1 <= len(finished_ids) < 3
     before = {k: v for eid in finished_ids for k, v in objects(s3, bucket, "processed/en/").items() if f"/{eid}/" in k}
     after = objects(s3, bucket, "processed/")
     # the finished episodes' markers and files were not written again
@@ -185,7 +185,7 @@ def test_a_store_outage_midway_is_retried_and_the_retry_resumes(s3_env, tmp_path
         mat = instance.get_latest_materialization_event(dg.AssetKey("processed_segments"))
     meta = {k: v.value for k, v in mat.asset_materialization.metadata.items()}
     assert meta["resumed"] == len(finished_ids)
-    assert meta["done"] == 4 - len(finished_ids)
+    assert meta["done"] == 3 - len(finished_ids)
     assert meta["failed"] == 0
     # the code version the location reported for this model set, on the materialization and in its tags
     version = process_code_version(str(model_set))
