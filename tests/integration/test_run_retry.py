@@ -103,10 +103,13 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
         assert second.wait(timeout=300) == 0, (tmp_path / "pod2.log").read_text()[-3000:]
         time.sleep(2)  # room for a wrong third launch to show
         runs = sorted(instance.get_runs(), key=lambda r: r.tags.get("dagster/retry_number", "0"))
-        jobs = len(api.jobs)
+        jobs = list(api.jobs)
         mat = instance.get_latest_materialization_event(dg.AssetKey("processed_segments"))
 
-    assert jobs == 2, "one retry, no more"
+    assert len(jobs) == 2, "one retry, no more"
+    for job in jobs:  # the retry, like the lost run, asks for a whole GPU node (emilia_job's dagster-k8s/config)
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     lost, retry = runs
     assert lost.status == dg.DagsterRunStatus.FAILURE and retry.status == dg.DagsterRunStatus.SUCCESS
     assert retry.tags["dagster/parent_run_id"] == lost.run_id and retry.tags["dagster/retry_number"] == "1"
