@@ -131,3 +131,65 @@ def pipe_provenance(models: ModelSet, stages: list[str] | tuple[str, ...], whisp
                 described[field] = describe_model(str(ref))
     doc = {"kind": models.kind if described else "none", "models": described}
     return {"model_set": {"id": model_set_id(doc), **doc}, "code_version": code_version()}
+
+
+# ---- cheap fingerprints for Dagster's code versions ---------------------------------------------------------------
+# A code location computes these when it loads (code servers, every run worker), so they must cost milliseconds, not
+# the minutes a full checksum of a production Whisper takes: a local model file is fingerprinted by its size and the
+# SHA-256 of its first and last MiB (any re-export or re-initialisation changes those), a Hub download by the commit
+# it fetched. The full checksums stay where they matter, in each episode's provenance.
+
+_EDGE = 1 << 20
+
+
+def _quick_file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(_EDGE))
+        if size > 2 * _EDGE:
+            fh.seek(size - _EDGE)
+            h.update(fh.read(_EDGE))
+    return h.hexdigest()
+
+
+def quick_model_digest(ref: str) -> str:
+    """What identifies one model reference cheaply: the Hub commit a folder was fetched at, else the quick digest
+    of its files; for a Hub id or URL, the reference itself (a URL pins a commit, a bare id is unpinned)."""
+    path = Path(ref)
+    if ref.startswith(("hf://", "https://", "http://")) or not path.exists():
+        return f"ref:{ref}"
+    revision = _hf_revision(path)
+    if revision:
+        return f"rev:{revision}"
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(path).as_posix() if f != path else f.name}\0{_quick_file_digest(f)}\n".encode())
+    return f"files:{h.hexdigest()}"
+
+
+def model_set_fingerprint(models_dir: str | Path | None) -> tuple[str, str]:
+    """(kind, 12-hex fingerprint) of the model set in `models_dir` (its models.json), or of the default Hub set
+    when none is configured. A model set that cannot be read is ("missing", fingerprint of the reason): the code
+    location still loads, and a run then fails with ModelSet.load's error naming the file."""
+    try:
+        models = ModelSet.load(models_dir) if models_dir else ModelSet()
+    except (OSError, ValueError) as err:
+        return "missing", hashlib.sha256(str(err).encode()).hexdigest()[:12]
+    doc = {f: quick_model_digest(str(v)) if v else None
+           for f, v in vars(models).items() if f != "kind"}
+    return models.kind, model_set_id({"kind": models.kind, "models": doc})
+
+
+def source_digest(*paths: Path) -> str:
+    """12-hex SHA-256 over the Python sources under `paths` (files or packages), by path relative to the project:
+    changes when the code changes, not when a comment elsewhere in the repository does."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+        for f in files:
+            h.update(f"{f.resolve().relative_to(_ROOT).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]

@@ -45,6 +45,7 @@ import polars as pl
 from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA, segment_rows
 from emilia_pipe.devices import PoolPlan
 from emilia_pipe.export import ALL_SEGMENTS
+from emilia_pipe.failures import DOWNLOAD_FAILED, UPLOAD_FAILED
 from emilia_pipe.keys import join, safe_language
 from emilia_pipe.pool import DEFAULT_FACTORY, Task, Worker, WorkerPool, exit_reason, reduced_config
 from emilia_store import ObjectStore, cached_copy, delete_prefix, write_parquet
@@ -55,6 +56,11 @@ GiB = 2**30
 
 class RunnerError(RuntimeError):
     """The batch cannot go on at all (a worker cannot load its models, every worker keeps dying at start)."""
+
+
+class WorkerLoadError(RunnerError):
+    """A worker reported that it cannot build its pipeline (a missing model, a CUDA stage its backend cannot serve):
+    a configuration problem that trying again on the same pod does not fix."""
 
 
 @dataclass(frozen=True)
@@ -452,7 +458,7 @@ class _BatchRun:
         except AudioError as err:
             self.events.put(("fetch_failed", ep, f"{ep.audio_key}: {err.reason}"))
         except BaseException as err:  # noqa: BLE001 - a store error: recorded against the episode
-            self.events.put(("fetch_failed", ep, f"{ep.audio_key}: download failed: {type(err).__name__}: {err}"))
+            self.events.put(("fetch_failed", ep, f"{ep.audio_key}: {DOWNLOAD_FAILED}: {type(err).__name__}: {err}"))
         else:
             self.events.put(("fetched", ep, local, meta))
 
@@ -533,7 +539,7 @@ class _BatchRun:
         kind = msg["kind"]
         label = worker.slot.label
         if kind == "fatal":
-            raise RunnerError(f"worker {label} (pid {worker.pid}) could not start: {msg['error']}\n"
+            raise WorkerLoadError(f"worker {label} (pid {worker.pid}) could not start: {msg['error']}\n"
                               f"{msg.get('traceback', '')}")
         if kind == "ready":
             worker.ready = True
@@ -654,7 +660,7 @@ class _BatchRun:
             publish_episode(self.sink, self.pp, out_dir, language, ep.episode_id, done)
             rows = segment_rows(self.pp, self.batch_id, _ep_dict(ep), done, doc)
         except BaseException as err:  # noqa: BLE001 - recorded against the episode; a re-run redoes it
-            self.events.put(("upload_failed", ep, f"{ep.audio_key}: upload failed: {type(err).__name__}: {err}",
+            self.events.put(("upload_failed", ep, f"{ep.audio_key}: {UPLOAD_FAILED}: {type(err).__name__}: {err}",
                              attempt, worker))
         else:
             self.events.put(("uploaded", ep, done, rows, msg["stage_seconds"], attempt, worker))

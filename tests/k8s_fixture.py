@@ -2,9 +2,9 @@
 from deploy/dagster.yaml.
 
 The API server answers what K8sRunLauncher and the daemon's run monitoring ask of it: POST of a Job (recorded and
-echoed back as created), GET of a recorded Job (reported as running, since no kubelet will ever run it) and 404 with
-a Kubernetes `Status` body for everything else. The launcher talks to it through the real kubernetes client, so the
-recorded body is exactly what a cluster would receive.
+echoed back as created), GET of a recorded Job (reported as running, since no kubelet will ever run it, or as failed
+once the test says its pod was lost) and 404 with a Kubernetes `Status` body for everything else. The launcher talks
+to it through the real kubernetes client, so the recorded body is exactly what a cluster would receive.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class RecordingKubeApi:
     def __init__(self) -> None:
         self.jobs: list[dict] = []
         self.requests: list[tuple[str, str]] = []
+        self.failed: set[str] = set()  # Jobs whose pod the test has ended (see `fail_job`)
         self._lock = threading.Lock()
         api = self
 
@@ -65,7 +66,9 @@ class RecordingKubeApi:
                 job = api.job_named(match["name"]) if match and match["name"] else None
                 if job is None:
                     return self._send(404, _status(404, f"not found: {self.path}"))
-                self._send(200, {**job, "status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}})
+                status = ({"failed": 1, "startTime": "2026-01-01T00:00:00Z"} if match["name"] in api.failed else
+                          {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
+                self._send(200, {**job, "status": status})
 
             def do_DELETE(self) -> None:  # noqa: N802
                 api._record("DELETE", self.path)
@@ -82,6 +85,11 @@ class RecordingKubeApi:
     def job_named(self, name: str) -> dict | None:
         with self._lock:
             return next((j for j in self.jobs if j.get("metadata", {}).get("name") == name), None)
+
+    def fail_job(self, name: str) -> None:
+        """From now on the Job is reported with no active pod and one failed: a pod lost with its node."""
+        with self._lock:
+            self.failed.add(name)
 
     def job_for_run(self, run_id: str) -> dict | None:
         with self._lock:

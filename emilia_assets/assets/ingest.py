@@ -5,6 +5,7 @@ import dagster as dg
 import polars as pl
 
 from emilia_assets.partitions import episode_batches
+from emilia_assets.versions import PROBE_CODE_VERSION
 from emilia_pipe.audio import AudioError, probe
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.workdir import batch_workdir
@@ -27,6 +28,7 @@ PROBE_SCHEMA = {
 @dg.asset(
     partitions_def=episode_batches,
     group_name="ingest",
+    code_version=PROBE_CODE_VERSION,
     kinds={"python", "parquet"},
     description="The batch's episodes (`manifests/batches/<batch>.parquet`), each probed: duration, codec, rate.",
 )

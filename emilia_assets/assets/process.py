@@ -3,7 +3,16 @@
 A thin wrapper over `emilia_pipe.runner.run_batch` (which holds resume, prefetch, workers, uploads and the batch's
 status table and catalogue): it reads the batch's manifest and probes, turns the runner's events into run-log lines
 and its outcome into metadata, and fails the step when more than `max_failure_fraction` of the episodes failed.
+
+Retries (docs/batch-runs.md, "Retries"): a failed step is tried again on the same pod (`PROCESS_RETRIES`, after
+`PROCESS_RETRY_DELAY_S`, doubling), and each attempt resumes, so a retry redoes only the unfinished episodes. Only
+what another attempt can fix is retried: a store or network error, workers that kept dying at start, a batch pushed
+over the threshold by failed downloads and uploads. A batch over the threshold from bad data, and a worker that
+cannot load its models, fail at once (`dg.Failure(allow_retries=False)`).
 """
+
+import hashlib
+import os
 
 import dagster as dg
 import polars as pl
@@ -12,14 +21,36 @@ from pydantic import Field
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
+from emilia_assets.versions import PROCESS_CODE_VERSION
 from emilia_pipe.batching import read_manifest
-from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, run_batch
+from emilia_pipe.failures import data_failures, worth_retrying
+from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, WorkerLoadError, run_batch
 from emilia_pipe.workdir import batch_dir
 from emilia_store import ObjectStore, read_parquet
 from emilia_store.layout import batch_status_key, probes_key
 from resources.gpu_pool import GpuPoolResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
+
+
+# Tries of a failed step after the first, on the same pod; 60 s then 180 s apart by default (a store outage, a
+# throttled endpoint). A run whose pod is lost is not a step failure: the run-retry daemon re-executes it (deploy/).
+def _env_number(name: str, default: float, kind: type = float) -> float:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0")
+    return value
+
+
+RETRY_POLICY = dg.RetryPolicy(
+    max_retries=int(_env_number("PROCESS_RETRIES", 2, int)),
+    delay=_env_number("PROCESS_RETRY_DELAY_S", 60.0),
+    backoff=dg.Backoff.EXPONENTIAL,
+)
 
 
 class ProcessConfig(dg.Config):
@@ -58,13 +89,28 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
             "\n".join(f"- `{r['episode_id']}`: {r['error']}" for r in failed.iter_rows(named=True)) or "none"
         ),
         "status_table": dg.MetadataValue.path(batch_status_key(processed_prefix, outcome.batch_id)),
+        "code_version": dg.MetadataValue.text(PROCESS_CODE_VERSION),
     }
+
+
+def _data_version(outcome: BatchOutcome) -> dg.DataVersion:
+    """The batch's segments (ids, episode, span, text): the same segments give the same version, however many
+    attempts or resumes it took; new models or rules give new ones."""
+    h = hashlib.sha256()
+    cols = [c for c in ("id", "episode_id", "start", "end", "text") if c in outcome.segments.columns]
+    for row in outcome.segments.select(cols).iter_rows():
+        h.update(repr(row).encode())
+    h.update(b"|failed:" + ",".join(sorted(outcome.status.filter(pl.col("status") == "failed")["episode_id"]
+                                           .to_list())).encode())
+    return dg.DataVersion(h.hexdigest()[:16])
 
 
 @dg.asset(
     partitions_def=episode_batches,
     deps=[raw_episodes],
     pool=GPU_POOL,  # one slot = one 8-GPU pod; with run granularity the pool caps concurrent GPU runs
+    retry_policy=RETRY_POLICY,
+    code_version=PROCESS_CODE_VERSION,  # the pipe's sources and the model set (emilia_assets/versions.py)
     group_name="process",
     kinds={"pytorch", "parquet"},
     description="Segments of every episode of the batch: `processed/<language>/<episode_id>/` (MP3 and "
@@ -85,16 +131,26 @@ def processed_segments(
     def log(event: RunnerEvent) -> None:
         getattr(context.log, event.level)(event.message)
 
-    outcome = run_batch(
-        batch_id, episodes, s, s, store.processed_prefix, pipe.pipe_config(device=plan.device), plan,
-        batch_dir(batch_id), probes=_probes(s, batch_id), settings=gpu_pool.runner_settings(), on_event=log,
-    )
+    if context.retry_number:
+        context.log.info(f"attempt {context.retry_number + 1} of batch {batch_id}: finished episodes are resumed")
+    try:
+        outcome = run_batch(
+            batch_id, episodes, s, s, store.processed_prefix, pipe.pipe_config(device=plan.device), plan,
+            batch_dir(batch_id), probes=_probes(s, batch_id), settings=gpu_pool.runner_settings(), on_event=log,
+        )
+    except WorkerLoadError as err:  # configuration: the same pod fails the same way again
+        raise dg.Failure(description=str(err), allow_retries=False) from err
     metadata = _metadata(outcome, store.processed_prefix)
     total, failed = outcome.status.height, outcome.count("failed")
     if total and failed / total > config.max_failure_fraction:
+        bad_data = data_failures(outcome.status)
+        retry = worth_retrying(outcome.status, config.max_failure_fraction)  # the store's failures tipped it over
         raise dg.Failure(
             description=f"{failed}/{total} episodes of batch {batch_id} failed "
-                        f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list",
+                        f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list. "
+                        + (f"{failed - bad_data} of them failed to download or upload: the step may be retried"
+                           if retry else f"{bad_data} of them for reasons another attempt would repeat: not retried"),
             metadata=metadata,
+            allow_retries=retry,
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=_data_version(outcome))

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import RELEASE_POOL
+from emilia_assets.versions import PUBLISH_CODE_VERSION
 from emilia_pipe.workdir import batch_dir
 from emilia_publish.filters import PublishFilters
 from emilia_publish.hub import publish_files
@@ -89,6 +90,7 @@ def _metadata(outcome: PublishOutcome) -> dict[str, dg.MetadataValue]:
     partitions_def=episode_batches,
     deps=[dg.AssetKey("processed_segments")],  # in the emilia_gpu location
     pool=RELEASE_POOL,
+    code_version=PUBLISH_CODE_VERSION,
     group_name="publish",
     kinds={"python", "huggingface", "parquet"},
     description="The batch in the release: WebDataset shards (`shards/<language>/<batch>-<n:05d>.tar`) and their "

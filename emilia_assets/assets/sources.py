@@ -19,6 +19,7 @@ import dagster as dg
 from pydantic import Field
 
 from emilia_assets.partitions import podcast_feeds, youtube_sources
+from emilia_assets.versions import SOURCES_CODE_VERSION
 from emilia_sources.address_guard import AddressPolicy, guarded_session
 from emilia_sources.download import HostThrottle
 from emilia_sources.feeds import FeedSource
@@ -127,6 +128,7 @@ def _ingest_each(
 @dg.asset(
     partitions_def=podcast_feeds,
     group_name="ingest",
+    code_version=SOURCES_CODE_VERSION,
     kinds={"python"},
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SOURCES_PER_RUN),
     output_required=False,
@@ -157,6 +159,7 @@ def podcast_episodes(
 @dg.asset(
     partitions_def=youtube_sources,
     group_name="ingest",
+    code_version=SOURCES_CODE_VERSION,
     kinds={"python"},
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SOURCES_PER_RUN),
     output_required=False,

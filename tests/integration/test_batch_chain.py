@@ -130,6 +130,9 @@ def test_too_many_failures_fail_the_step_but_keep_the_record(store, tmp_path):
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         assert "2/3 episodes" in failure.event_specific_data.error.message
+        # bad data: processed_segments' RetryPolicy does not try it again (it would fail the same way)
+        assert "not retried" in failure.event_specific_data.error.message
+        assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     status = status_table(root, batch)
     assert sorted(status["status"].to_list()) == ["done", "failed", "failed"]
 

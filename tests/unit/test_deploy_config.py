@@ -54,6 +54,7 @@ def rendered_instance_settings(v: dict) -> dict:
     mon = v["dagsterDaemon"]["runMonitoring"]
     qrc = v["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     conc = v["concurrency"]
+    retries = v["dagsterDaemon"]["runRetries"]
     rendered = {
         "run_launcher": {
             "module": "dagster_k8s", "class": "K8sRunLauncher",
@@ -86,6 +87,8 @@ def rendered_instance_settings(v: dict) -> dict:
             "free_slots_after_run_end_seconds": mon["freeSlotsAfterRunEndSeconds"],
         },
         "telemetry": {"enabled": v["telemetry"]["enabled"]},
+        "run_retries": {"enabled": retries["enabled"], "max_retries": retries["maxRetries"],
+                        "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"]},
     }
     if conc["enabled"]:
         rendered["concurrency"] = {
@@ -102,6 +105,7 @@ def test_values_render_the_instance_config_in_deploy():
     assert rendered["run_monitoring"] == deployed["run_monitoring"]
     assert rendered["concurrency"] == deployed["concurrency"]
     assert rendered["telemetry"] == deployed["telemetry"]
+    assert rendered["run_retries"] == deployed["run_retries"]
     for key in ("run_storage", "event_log_storage", "schedule_storage"):
         assert deployed[key]["config"]["postgres_db"] == rendered["postgres_db"], key
 
@@ -132,6 +136,12 @@ def test_deployed_instance_loads_with_the_k8s_launcher_and_the_gpu_pool(tmp_path
             assert pools.default_pool_limit == values()["concurrency"]["pools"]["defaultLimit"]
             assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 64
             assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
+            # A lost pod: monitoring can see it (the launcher checks the Job), fails the run rather than resuming
+            # it in place, and the retry daemon re-executes it; a failed step is left to the step's RetryPolicy.
+            assert launcher.supports_check_run_worker_health and instance.run_monitoring_enabled
+            assert instance.run_monitoring_max_resume_run_attempts == 0
+            assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+            assert instance.run_retries_retry_on_asset_or_op_failure is False
 
 
 def test_queued_run_coordinator_values_stay_empty_next_to_concurrency():
@@ -183,6 +193,25 @@ def test_gpu_job_carries_the_gpu_placement_as_its_own_tag():
     job = gpu_definitions.defs().resolve_job_def("emilia_job")
     assert json.loads(job.tags[K8S_CONFIG_TAG]) == GPU_RUN_K8S_CONFIG
     assert gpu_definitions.defs().resolve_assets_def("processed_segments").op.pool == GPU_POOL
+
+
+def test_job_run_retry_tags_match_the_instance_and_the_gpu_step_retries_itself():
+    """Every job says what deploy/dagster.yaml says about run retries (a run of a Dagster+ deployment, or of an
+    instance without run_retries, gets the same rule), and processed_segments has its own step RetryPolicy."""
+    retries = deploy_instance_config()["run_retries"]
+    expected = {"dagster/max_retries": str(retries["max_retries"]),
+                "dagster/retry_on_asset_or_op_failure": str(retries["retry_on_asset_or_op_failure"]).lower()}
+    from emilia_assets import definitions
+
+    for defs in (gpu_definitions.defs(), definitions.defs()):
+        for job in defs.jobs:
+            if job.name.startswith("__"):
+                continue
+            assert {k: job.tags.get(k) for k in expected} == expected, job.name
+    policy = gpu_definitions.defs().resolve_assets_def("processed_segments").op.retry_policy
+    assert policy is not None and policy.max_retries >= 1 and policy.delay and policy.backoff is not None
+    local = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())["run_retries"]
+    assert local["enabled"] and local["retry_on_asset_or_op_failure"] is False
 
 
 

@@ -19,7 +19,14 @@ import pytest
 from emilia_pipe.batching import Batch, manifest_frame
 from emilia_pipe.devices import plan_workers
 from emilia_pipe.pipeline import PipeConfig
-from emilia_pipe.runner import Episode, EpisodeStarted, RunnerError, RunnerSettings, WorkerLost, run_batch
+from emilia_pipe.runner import (
+    Episode,
+    EpisodeStarted,
+    RunnerSettings,
+    WorkerLoadError,
+    WorkerLost,
+    run_batch,
+)
 from emilia_store import LocalStore, ObjectInfo
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -144,7 +151,8 @@ def test_unreadable_input_is_probed_and_never_reaches_a_worker(store, tmp_path):
 def test_a_worker_that_cannot_load_its_models_fails_the_batch_at_once(store, tmp_path):
     episodes = seed(store, 2)
     t0 = time.monotonic()
-    with pytest.raises(RunnerError, match="could not start: RuntimeError: CUDA stage requested but libcublas"):
+    # WorkerLoadError: processed_segments fails the step without retrying it (configuration, not a passing fault)
+    with pytest.raises(WorkerLoadError, match="could not start: RuntimeError: CUDA stage requested but libcublas"):
         run(store, episodes, tmp_path, workers=1, factory="pool_doubles:cannot_load")
     assert time.monotonic() - t0 < 120
     status = pl.read_parquet(store.path("processed/_batches/b1.parquet"))
