@@ -12,11 +12,12 @@ from pydantic import Field
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
+from emilia_pipe import batch_report
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, run_batch
 from emilia_pipe.workdir import batch_dir
 from emilia_store import ObjectStore, read_parquet
-from emilia_store.layout import batch_status_key, probes_key
+from emilia_store.layout import batch_status_key, batch_summary_key, probes_key
 from resources.gpu_pool import GpuPoolResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
@@ -35,6 +36,29 @@ def _probes(store: ObjectStore, batch_id: str) -> dict[str, Probe]:
     except KeyError:
         return {}
     return {r["episode_id"]: Probe(r["ok"], r["reason"], r["duration_s"]) for r in frame.iter_rows(named=True)}
+
+
+def _report_metadata(summary: dict, processed_prefix: str) -> dict[str, dg.MetadataValue]:
+    """The batch summary (emilia_pipe.batch_report) as metadata: numbers the UI plots across partitions, one
+    markdown table, the path of the summary in the store."""
+    if not summary:
+        return {}
+    meta: dict[str, dg.MetadataValue] = {
+        "summary": dg.MetadataValue.md(batch_report.markdown(summary)),
+        "speakers": dg.MetadataValue.int(summary["speakers"]),
+        "languages": dg.MetadataValue.int(len(summary["languages"])),
+        "language_mix": dg.MetadataValue.json(
+            {k: {f: v[f] for f in ("segments", "hours", "speakers")} for k, v in summary["languages"].items()}),
+        "failures_by_reason": dg.MetadataValue.json(summary["failures"]),
+        "summary_file": dg.MetadataValue.path(batch_summary_key(processed_prefix, summary["batch_id"])),
+    }
+    for metric, stats in summary["dnsmos"].items():
+        for name in ("mean", *(f"p{p}" for p in batch_report.PERCENTILES)):
+            if stats:
+                meta[f"dnsmos_{metric}_{name}"] = dg.MetadataValue.float(float(stats[name]))
+    for stage, seconds in (summary.get("stage_seconds") or {}).items():
+        meta[f"stage_s_{stage}"] = dg.MetadataValue.float(float(seconds))
+    return meta
 
 
 def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.MetadataValue]:
@@ -58,6 +82,7 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
             "\n".join(f"- `{r['episode_id']}`: {r['error']}" for r in failed.iter_rows(named=True)) or "none"
         ),
         "status_table": dg.MetadataValue.path(batch_status_key(processed_prefix, outcome.batch_id)),
+        **_report_metadata(outcome.summary, processed_prefix),
     }
 
 
