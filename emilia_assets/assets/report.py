@@ -8,11 +8,11 @@ it after new batches (at most once per `DATASET_REPORT_INTERVAL_S`); a UI "Mater
 
 import dagster as dg
 
-from emilia_publish.dataset_report import build_dataset_report
+from emilia_publish.dataset_report import DatasetReport, build_dataset_report, markdown
 from resources.object_store import ObjectStoreResource
 
 
-def _metadata(result) -> dict[str, dg.MetadataValue]:
+def _metadata(result: DatasetReport) -> dict[str, dg.MetadataValue]:
     report = result.report
     t = report["totals"]
     meta: dict[str, dg.MetadataValue] = {
@@ -24,7 +24,7 @@ def _metadata(result) -> dict[str, dg.MetadataValue]:
         "hours_in": dg.MetadataValue.float(float(t["hours_in"])),
         "hours_out": dg.MetadataValue.float(float(t["hours_out"])),
         "languages": dg.MetadataValue.int(len(report["languages"])),
-        "report": dg.MetadataValue.md(result.markdown.split("\n### Plots")[0]),
+        "report": dg.MetadataValue.md(markdown(report, image_links=False)),
         "plots": dg.MetadataValue.md(result.inline_markdown() or "no plots"),
         "failures_by_reason": dg.MetadataValue.json(report["failures"]),
         "report_json": dg.MetadataValue.path(result.keys["report.json"]),
