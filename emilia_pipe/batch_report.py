@@ -35,7 +35,7 @@ from emilia_store.layout import batch_segments_key, batch_status_key, batch_summ
 FORMAT = 1
 DNSMOS_METRICS = ("ovrl", "sig", "bak")
 PERCENTILES = (10, 50, 90)
-MODEL_STAGES = ("separate", "diarize", "vad", "asr", "dnsmos")
+STAGE_ORDER = ("standardize", "separate", "diarize", "vad", "asr", "dnsmos", "export")  # emilia_pipe.pipeline's
 CPU_STAGES = ("standardize", "vad", "export")  # never on a GPU (Silero VAD runs on CPU threads)
 CENTI = 100  # histogram resolution, as in the release summary
 _REASON_END = re.compile(r":| \(| while |, ")
@@ -82,6 +82,11 @@ def _stats(values: pl.Series) -> dict[str, float | int] | None:
     for p in PERCENTILES:
         out[f"p{p}"] = round(float(values.quantile(p / 100, interpolation="linear")), 4)
     return out
+
+
+def stage_rank(item: tuple[str, Any]) -> tuple[int, str]:
+    """Pipeline order, unknown stages last."""
+    return (STAGE_ORDER.index(item[0]) if item[0] in STAGE_ORDER else len(STAGE_ORDER), item[0])
 
 
 def _speakers(frame: pl.DataFrame, by: list[str]) -> int:
@@ -132,7 +137,7 @@ def batch_summary(
         for per_episode in episode_stage_seconds.values():
             for stage, s in per_episode.items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + float(s)
-        stage_seconds = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
+        stage_seconds = {k: round(v, 3) for k, v in sorted(stage_seconds.items(), key=stage_rank)}
     processed_h = float(status.filter(pl.col("status") == "done")["duration_s"].fill_null(0).sum()) / 3600
     run: dict[str, Any] | None = None
     if wall_s is not None:
@@ -212,7 +217,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {lang} | {e['episodes']} | {e['segments']} | {e.get('hours_in', 0.0):.3f} "
                      f"| {e['hours']:.3f} | {e['speakers']} |")
     lines += ["", "| DNSMOS | n | mean | p10 | p50 | p90 |", "|---|---:|---:|---:|---:|---:|"]
-    for metric, st in summary["dnsmos"].items():
+    for metric in DNSMOS_METRICS:
+        st = summary["dnsmos"].get(metric)
         if st:
             lines.append(f"| {metric.upper()} | {st['n']} | {st['mean']:.3f} | {st['p10']:.3f} | {st['p50']:.3f} "
                          f"| {st['p90']:.3f} |")
@@ -223,5 +229,5 @@ def markdown(summary: Mapping[str, Any]) -> str:
         devices = summary.get("stage_devices") or {}
         lines += ["", "| stage | seconds (all episodes) | ran on |", "|---|---:|---|"]
         lines += [f"| {stage} | {s:.1f} | {devices.get(stage, 'unknown')} |"
-                  for stage, s in summary["stage_seconds"].items()]
+                  for stage, s in sorted(summary["stage_seconds"].items(), key=stage_rank)]
     return "\n".join(lines)

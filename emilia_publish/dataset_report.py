@@ -136,7 +136,7 @@ def aggregate(summaries: Sequence[Mapping[str, Any]], release: Mapping[str, Any]
         "published": dict(sorted(published.items())),
         "failures": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
         "dnsmos": dnsmos, "dnsmos_hist": hists,
-        "stage_seconds": {k: round(v, 3) for k, v in sorted(stages.items())},
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(stages.items(), key=batch_report.stage_rank)},
         "stage_devices": {k: ", ".join(sorted(v)) or "unknown" for k, v in sorted(devices.items())},
         "per_batch": per_batch,
     }
@@ -146,7 +146,7 @@ def markdown(report: Mapping[str, Any], image_links: bool = True) -> str:
     """The report's tables (and, with `image_links`, the PNGs by file name, as `report.md` beside them shows)."""
     t = report["totals"]
     lines = [
-        f"## Dataset report: {report['batches']} batches", "",
+        f"## Dataset report: {report['batches']} batch{'' if report['batches'] == 1 else 'es'}", "",
         "| episodes | failed | hours in | hours out | segments | speakers |", "|---:|---:|---:|---:|---:|---:|",
         f"| {t['episodes']} | {t['failed']} | {t['hours_in']:.3f} | {t['hours_out']:.3f} | {t['segments']} "
         f"| {t['speakers']} |", "",
@@ -161,7 +161,8 @@ def markdown(report: Mapping[str, Any], image_links: bool = True) -> str:
                      f"| {e['speakers']} | {p.get('segments', 0)} | {p.get('hours', 0.0):.3f} |")
     lines += ["", "### DNSMOS (0.01 resolution)", "", "| metric | n | mean | p10 | p50 | p90 |",
               "|---|---:|---:|---:|---:|---:|"]
-    for m, d in report["dnsmos"].items():
+    for m in batch_report.DNSMOS_METRICS:
+        d = report["dnsmos"].get(m)
         if d:
             lines.append(f"| {m.upper()} | {d['n']} | {d['mean']:.3f} | {d['p10']:.2f} | {d['p50']:.2f} "
                          f"| {d['p90']:.2f} |")
@@ -191,6 +192,7 @@ def render_plots(report: Mapping[str, Any], dpi: int = 72) -> dict[str, bytes]:
     """The report's plots as small PNGs (name -> bytes). matplotlib is imported here (Agg canvas, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     def figure() -> tuple[Any, Any]:
         fig = Figure(figsize=(6, 3.2), dpi=dpi)
@@ -232,6 +234,11 @@ def render_plots(report: Mapping[str, Any], dpi: int = 72) -> dict[str, bytes]:
         x = list(range(1, len(batches) + 1))
         ax.plot(x, cum_in, marker="." if len(x) < 50 else None, label="in (raw)")
         ax.plot(x, cum_out, marker="." if len(x) < 50 else None, label="out (segments)")
+        ax.set(xlim=(0.5, len(x) + 0.5), ylim=(0, None))
+        if len(x) <= 12:
+            ax.set_xticks(x)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     else:
         empty(ax, "no batches yet")
