@@ -1,4 +1,5 @@
-"""The CPU code location (`emilia_forge`): sources, ingest, probing (raw_episodes) and publishing (hf_shards).
+"""The CPU code location (`emilia_forge`): sources, ingest, probing (raw_episodes), publishing (hf_shards) and the
+dataset report (dataset_report).
 
 processed_segments lives in the GPU location, `emilia_assets.gpu_definitions` (`emilia_gpu`), which imports the
 resource builders below; the two locations meet in the instance through asset keys and the "episode_batches" set.
@@ -16,6 +17,7 @@ import dagster as dg
 
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.publish import hf_shards
+from emilia_assets.assets.report import dataset_report
 from emilia_assets.assets.sources import podcast_episodes, youtube_audio
 from emilia_assets.jobs import podcast_ingest_job, probe_job, publish_job, youtube_ingest_job
 from emilia_pipe.settings import ALL_STAGES
@@ -26,6 +28,7 @@ from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
 from sensors.publish import publish_sensor
 from sensors.raw_audio import raw_audio_sensor
+from sensors.report import dataset_report_sensor
 from sensors.sources import refresh_podcasts_schedule, refresh_youtube_schedule, sources_sensor
 
 
@@ -91,9 +94,9 @@ def gpu_pool_from_env() -> GpuPoolResource:
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[podcast_episodes, youtube_audio, raw_episodes, hf_shards],
+        assets=[podcast_episodes, youtube_audio, raw_episodes, hf_shards, dataset_report],
         jobs=[probe_job, publish_job, podcast_ingest_job, youtube_ingest_job],
-        sensors=[raw_audio_sensor, publish_sensor, sources_sensor],
+        sensors=[raw_audio_sensor, publish_sensor, sources_sensor, dataset_report_sensor],
         schedules=[refresh_podcasts_schedule, refresh_youtube_schedule],
         resources={
             "store": object_store_from_env(),

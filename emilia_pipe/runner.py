@@ -22,7 +22,8 @@ into logs and metadata. What happens to a batch:
   that cannot even load its models fails the batch at once, with the worker's error: that is a configuration
   problem, not a bad episode.
 - **Records.** The status table (`processed/_batches/<batch>.parquet`, one row per episode) is rewritten as episodes
-  finish; the catalogue (`<batch>.segments.parquet`) is written at the end.
+  finish; the catalogue (`<batch>.segments.parquet`) and the batch's summary for operators (`<batch>.summary.json`,
+  `emilia_pipe.batch_report`) are written at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 
 import polars as pl
 
+from emilia_pipe.batch_report import batch_summary, write_summary
 from emilia_pipe.catalogue import SEGMENT_SCHEMA, STATUS_SCHEMA, segment_rows
 from emilia_pipe.devices import PoolPlan
 from emilia_pipe.export import ALL_SEGMENTS
@@ -177,6 +179,7 @@ class BatchOutcome:
     worker_losses: list[str]
     timeline: dict[str, dict[str, float]]  # per episode: fetched / sent / started / inferred / processed / uploaded
     worker_backends: dict[str, dict[str, str]] = field(default_factory=dict)  # per worker: how each stage runs
+    summary: dict[str, Any] = field(default_factory=dict)  # emilia_pipe.batch_report, as written to the store
 
     def count(self, status: str) -> int:
         return self.status.filter(pl.col("status") == status).height
@@ -291,6 +294,7 @@ class _BatchRun:
         self.rows: dict[str, dict[str, Any]] = {}
         self.catalogue: list[dict[str, Any]] = []
         self.stage_seconds: dict[str, float] = {}
+        self.episode_stage_seconds: dict[str, dict[str, float]] = {}  # from each all_segments.json, done or resumed
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.ready: deque[_Item] = deque()
         self.pinned: dict[int, _Item] = {}  # slot -> the OOM retry its reduced worker must take
@@ -397,9 +401,11 @@ class _BatchRun:
         write_parquet(self.sink, batch_segments_key(self.pp, self.batch_id), segments)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self._progress(force=True)
-        return BatchOutcome(self.batch_id, self._status_frame(), segments, self.stage_seconds,
-                            time.monotonic() - self.t0, self.plan, self.devices, self.losses, self.timeline,
-                            self.backends)
+        wall_s, status = time.monotonic() - self.t0, self._status_frame()
+        summary = batch_summary(self.batch_id, status, segments, self.episode_stage_seconds, self.devices, wall_s)
+        write_summary(self.sink, self.pp, summary)
+        return BatchOutcome(self.batch_id, status, segments, self.stage_seconds, wall_s, self.plan, self.devices,
+                            self.losses, self.timeline, self.backends, summary)
 
     def _resume_pass(self) -> list[Episode]:
         """Finished episodes are recorded as resumed (their catalogue rows read back); the rest are returned."""
@@ -420,6 +426,7 @@ class _BatchRun:
             if hit is not None:
                 done, doc = hit
                 self.catalogue += segment_rows(self.pp, self.batch_id, _ep_dict(ep), done, doc)
+                self.episode_stage_seconds[ep.episode_id] = _doc_stage_seconds(doc)
                 self._record(ep, "resumed", **{k: done.get(k) for k in ("language", "duration_s", "speech_s",
                                                                           "segments", "wall_s")})
                 continue
@@ -488,10 +495,11 @@ class _BatchRun:
             self.budget.release(ep.bytes)
             self._record(ep, "failed", ev[2])
         elif kind == "uploaded":
-            _, _, done, rows, stage_seconds, attempts, worker = ev
+            _, _, done, rows, stage_seconds, attempts, worker, doc_stage_seconds = ev
             self.uploads_in_flight -= 1
             self._mark(ep.episode_id, "uploaded")
             self.catalogue += rows
+            self.episode_stage_seconds[ep.episode_id] = doc_stage_seconds
             for k, v in stage_seconds.items():
                 self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
             self.audio_s_done += done["duration_s"]
@@ -663,10 +671,16 @@ class _BatchRun:
             self.events.put(("upload_failed", ep, f"{ep.audio_key}: {UPLOAD_FAILED}: {type(err).__name__}: {err}",
                              attempt, worker))
         else:
-            self.events.put(("uploaded", ep, done, rows, msg["stage_seconds"], attempt, worker))
+            self.events.put(("uploaded", ep, done, rows, msg["stage_seconds"], attempt, worker,
+                             _doc_stage_seconds(doc)))
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _ep_dict(ep: Episode) -> dict[str, Any]:
     return {"episode_id": ep.episode_id, "source": ep.source}
+
+
+def _doc_stage_seconds(doc: dict[str, Any]) -> dict[str, float]:
+    """The stage times an episode's all_segments.json records (what the batch summary adds up)."""
+    return {k: float(v) for k, v in ((doc.get("episode") or {}).get("stage_seconds") or {}).items()}

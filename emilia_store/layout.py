@@ -33,6 +33,11 @@ def batch_segments_key(processed_prefix: str, batch_id: str) -> str:
     return join(processed_prefix, "_batches", f"{batch_id}.segments.parquet")
 
 
+def batch_summary_key(processed_prefix: str, batch_id: str) -> str:
+    """The batch's figures for operators (emilia_pipe.batch_report), small enough to read for every batch."""
+    return join(processed_prefix, "_batches", f"{batch_id}.summary.json")
+
+
 def shard_prefix(language: str, batch_id: str) -> str:
     return join("shards", language, batch_id) + "-"
 
@@ -55,6 +60,14 @@ def repo_path(store_key: str) -> str:
 def store_key_of(path_in_repo: str) -> str:
     """The inverse of `repo_path`."""
     return "shards/" + path_in_repo[len("data/"):] if path_in_repo.startswith("data/") else path_in_repo
+
+
+REPORTS_PREFIX = "reports/"
+
+
+def dataset_report_key(name: str) -> str:
+    """The dataset report's files (emilia_publish.dataset_report): report.json, report.md and its PNG plots."""
+    return f"{REPORTS_PREFIX}dataset/{name}"
 
 
 INDEX_PREFIX = "index/"

@@ -22,12 +22,13 @@ from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
 from emilia_assets.versions import PROCESS_CODE_VERSION
+from emilia_pipe import batch_report
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.failures import data_failures, worth_retrying
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, WorkerLoadError, run_batch
 from emilia_pipe.workdir import batch_dir
 from emilia_store import ObjectStore, read_parquet
-from emilia_store.layout import batch_status_key, probes_key
+from emilia_store.layout import batch_status_key, batch_summary_key, probes_key
 from resources.gpu_pool import GpuPoolResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
@@ -68,6 +69,29 @@ def _probes(store: ObjectStore, batch_id: str) -> dict[str, Probe]:
     return {r["episode_id"]: Probe(r["ok"], r["reason"], r["duration_s"]) for r in frame.iter_rows(named=True)}
 
 
+def _report_metadata(summary: dict, processed_prefix: str) -> dict[str, dg.MetadataValue]:
+    """The batch summary (emilia_pipe.batch_report) as metadata: numbers the UI plots across partitions, one
+    markdown table, the path of the summary in the store."""
+    if not summary:
+        return {}
+    meta: dict[str, dg.MetadataValue] = {
+        "summary": dg.MetadataValue.md(batch_report.markdown(summary)),
+        "speakers": dg.MetadataValue.int(summary["speakers"]),
+        "languages": dg.MetadataValue.int(len(summary["languages"])),
+        "language_mix": dg.MetadataValue.json(
+            {k: {f: v[f] for f in ("segments", "hours", "speakers")} for k, v in summary["languages"].items()}),
+        "failures_by_reason": dg.MetadataValue.json(summary["failures"]),
+        "summary_file": dg.MetadataValue.path(batch_summary_key(processed_prefix, summary["batch_id"])),
+    }
+    for metric, stats in summary["dnsmos"].items():
+        for name in ("mean", *(f"p{p}" for p in batch_report.PERCENTILES)):
+            if stats:
+                meta[f"dnsmos_{metric}_{name}"] = dg.MetadataValue.float(float(stats[name]))
+    for stage, seconds in (summary.get("stage_seconds") or {}).items():
+        meta[f"stage_s_{stage}"] = dg.MetadataValue.float(float(seconds))
+    return meta
+
+
 def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.MetadataValue]:
     failed = outcome.status.filter(pl.col("status") == "failed")
     hours = outcome.processed_hours
@@ -90,6 +114,7 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
         ),
         "status_table": dg.MetadataValue.path(batch_status_key(processed_prefix, outcome.batch_id)),
         "code_version": dg.MetadataValue.text(PROCESS_CODE_VERSION),
+        **_report_metadata(outcome.summary, processed_prefix),
     }
 
 

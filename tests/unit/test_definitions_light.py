@@ -68,6 +68,7 @@ def test_sensor_and_schedule_ticks_import_no_ml_stack(tmp_path: Path) -> None:
         from emilia_assets.definitions import defs
         from sensors.publish import publish_sensor
         from sensors.raw_audio import raw_audio_sensor
+        from sensors.report import dataset_report_sensor
         from sensors.sources import refresh_podcasts_schedule, refresh_youtube_schedule, sources_sensor
         from resources.batching import BatchingResource
         from resources.object_store import ObjectStoreResource
@@ -88,6 +89,8 @@ def test_sensor_and_schedule_ticks_import_no_ml_stack(tmp_path: Path) -> None:
             assert len(src.run_requests) == 1, src.run_requests
             pub = publish_sensor(dg.build_sensor_context(instance=instance, definitions=d))
             assert pub.run_requests == []
+            report = dataset_report_sensor(dg.build_sensor_context(instance=instance, definitions=d))
+            assert isinstance(report, dg.SkipReason), report
             when = datetime.datetime(2025, 1, 1, 3, tzinfo=datetime.timezone.utc)
             for schedule in (refresh_podcasts_schedule, refresh_youtube_schedule):
                 schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
