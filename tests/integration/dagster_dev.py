@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import requests
@@ -72,10 +72,8 @@ def stop_session(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGINT)
     except ProcessLookupError:
         return
-    try:
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(30)
-    except subprocess.TimeoutExpired:
-        pass
     deadline = time.monotonic() + 30  # dagster dev may return before its children (webserver, daemon, code servers)
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
