@@ -26,6 +26,10 @@ DEFAULT_URL = "http://127.0.0.1:3000"
 URL_ENV = "DAGSTER_WEBSERVER_URL"
 DEFAULT_CHUNK_SIZE = 500  # batches per backfill; the daemon has struggled with backfills of thousands (#16304)
 KEY_PAGE = 10_000
+RUN_PAGE = 1_000
+# Jobs whose runs materialize an asset without naming it in the run's asset selection (sensor runs of a whole job).
+ASSET_JOBS = {"processed_segments": {"emilia_job"}}
+IN_PROGRESS = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 
 
 class BackfillError(RuntimeError):
@@ -92,6 +96,15 @@ query EmiliaInstance {
   instance {
     runQueuingSupported
     daemonHealth { daemonStatus(daemonType: "BACKFILL") { healthy required } }
+  }
+}"""
+
+_RUNS = """
+query EmiliaRunsInProgress($statuses: [RunStatus!], $cursor: String, $limit: Int) {
+  runsOrError(filter: {statuses: $statuses}, cursor: $cursor, limit: $limit) {
+    __typename
+    ... on Runs { results { runId status jobName assetSelection { path } tags { key value } } }
+    ... on Error { message }
   }
 }"""
 
@@ -162,6 +175,26 @@ class DagsterWebserver:
         data = self.graphql(_INSTANCE)["instance"]
         status = data["daemonHealth"]["daemonStatus"]
         return InstanceInfo(data["runQueuingSupported"], bool(status["healthy"]))
+
+    def runs_in_progress(self, asset: str) -> dict[str, list[str]]:
+        """Per partition, the runs of `asset` queued or running now ("<run id> <status>"): a batch re-run while its
+        run is still going would be processed twice at once."""
+        path = asset_path(asset)
+        jobs = ASSET_JOBS.get(asset, set())
+        out: dict[str, list[str]] = {}
+        cursor = None
+        while True:
+            result = self.graphql(_RUNS, {"statuses": IN_PROGRESS, "cursor": cursor, "limit": RUN_PAGE})["runsOrError"]
+            if result["__typename"] != "Runs":
+                raise BackfillError(f"{self.url} could not list the runs in progress: {result.get('message', '')}")
+            for run in result["results"]:
+                tags = {t["key"]: t["value"] for t in run["tags"]}
+                ours = run["jobName"] in jobs or any(k["path"] == path for k in run["assetSelection"] or [])
+                if ours and "dagster/partition" in tags:
+                    out.setdefault(tags["dagster/partition"], []).append(f"{run['runId']} {run['status']}")
+            if len(result["results"]) < RUN_PAGE:
+                return out
+            cursor = result["results"][-1]["runId"]
 
     def launch_backfill(self, asset: str, partitions: Sequence[str], title: str,
                         tags: dict[str, str] | None = None) -> str:

@@ -159,8 +159,12 @@ def _backfill(args: argparse.Namespace) -> int:
         batches = select_partitions(web.partition_keys(args.asset), names, args.start, args.end,
                                     asset=args.asset, url=web.url)
         tags = {"emilia/launched-by": "emilia-forge backfill"}
+        busy = {b: runs for b, runs in web.runs_in_progress(args.asset).items() if b in set(batches)}
+        for batch, runs in busy.items():
+            say(f"{batch}: a run of {args.asset} is in progress ({', '.join(runs)}): "
+                + ("left out, its record is complete once it ends" if args.failed_only else "this adds another"))
         if args.failed_only:
-            batches = _batches_to_redo(args, batches, say)
+            batches = _batches_to_redo(args, [b for b in batches if b not in busy], say)
             tags["emilia/rerun"] = "failed-episodes"
             if not batches:
                 say("nothing to redo in the chosen batches")

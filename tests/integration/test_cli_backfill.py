@@ -1,11 +1,12 @@
 """`emilia-forge backfill` against the real thing: `dagster dev -w workspace.yaml` (webserver, daemon, both code
 locations) on 127.0.0.1 with a queued instance whose `gpu_pods` pool has 2 slots, and the CLI as a subprocess.
 
-1. A range of 3 of the store's 4 batches: one asset backfill, one run per batch as processed_segments' backfill
+1. An unknown batch name is refused before anything is launched, naming it.
+2. A range of 3 of the store's 4 batches: one asset backfill, one run per batch as processed_segments' backfill
    policy says, each run QUEUED before the launcher started it, never more than 2 at once (the pool), the third
    waiting in the queue; the batches' outputs in the store. One episode of the middle batch cannot write its
    completion marker (a directory stands in its way), so its batch succeeds with that episode recorded failed.
-2. An unknown batch name is refused before anything is launched, naming it.
+   While those runs are in flight, a failed-only dry run leaves their batches out.
 3. The cause removed, `--failed-only` over all 4 batches launches one run, for the batch with the failure, which
    redoes that episode alone: every other file under processed/ keeps its mtime, no segment is duplicated.
 """
@@ -32,6 +33,7 @@ from emilia_assets.run_progress import wait_until
 from resources.object_store import ObjectStoreResource
 from tests.integration.dagster_dev import ROOT, dagster_dev
 from tests.integration.helpers import batch_from_sensor, seed_short_clips, status_table
+from tests.k8s_fixture import wait_until as wait_until_quiet
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +45,7 @@ INSTANCE = {
                         "config": {"dequeue_interval_seconds": 1}},
     "concurrency": {"pools": {"granularity": "run"}, "runs": {"max_concurrent_runs": 10}},
 }
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 QUEUE_THEN_LAUNCH = [DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START,
                      DagsterEventType.RUN_SUCCESS]
 
@@ -118,6 +121,15 @@ def test_cli_backfill_through_queue_and_pool_then_failed_only_rerun(tmp_path):
         assert first["partitions"] == chosen
         assert first["url"] == f"{url}/runs/b/{first['backfill_id']}?tab=runs"
         assert "backfill policy: none: one run per partition" in proc.stderr and "pools: gpu_pods" in proc.stderr
+        # while its runs are queued or running, a failed-only re-run leaves those batches out (never two at once)
+        in_flight = dg.RunsFilter(tags={"dagster/backfill": first["backfill_id"]}, statuses=IN_FLIGHT)
+        wait_until_quiet(lambda: instance.get_runs(in_flight), idle_s=NO_PROGRESS_S,
+                         progress=lambda: log.stat().st_size)
+        busy = cli(env, "--failed-only", "--dry-run", "--from", chosen[0])
+        assert busy.returncode == 0 and busy.stdout == "", busy.stderr
+        left_out = [b for b in chosen if f"{b}: a run of processed_segments is in progress" in busy.stderr]
+        assert left_out and all(f"{b}: never processed" not in busy.stderr for b in left_out), busy.stderr
+        step(f"failed-only dry run left out {len(left_out)} batch(es) in flight")
         runs = wait_for_backfill(instance, first["backfill_id"], len(chosen))
         step("backfill runs finished")
         records = sorted(instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs])),
