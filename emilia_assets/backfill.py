@@ -24,6 +24,7 @@ import requests
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 URL_ENV = "DAGSTER_WEBSERVER_URL"
+TOKEN_ENV = "DAGSTER_CLOUD_API_TOKEN"  # Dagster+ (dagster_cloud.yaml): sent as the Dagster-Cloud-Api-Token header
 DEFAULT_CHUNK_SIZE = 500  # batches per backfill; the daemon has struggled with backfills of thousands (#16304)
 KEY_PAGE = 10_000
 RUN_PAGE = 1_000
@@ -128,19 +129,22 @@ def asset_path(asset: str) -> list[str]:
 class DagsterWebserver:
     """A Dagster webserver's GraphQL endpoint; every failure is a `BackfillError` that names the URL."""
 
-    def __init__(self, url: str | None = None, timeout_s: float = 120.0):
+    def __init__(self, url: str | None = None, timeout_s: float = 120.0, token: str | None = None):
         self.url = webserver_url(url)
         self.timeout_s = timeout_s
+        token = token or os.environ.get(TOKEN_ENV)
+        self._headers = {"Dagster-Cloud-Api-Token": token} if token else {}
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             resp = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                                 timeout=self.timeout_s)
+                                 headers=self._headers, timeout=self.timeout_s)
         except requests.RequestException as err:
             raise BackfillError(f"cannot reach the Dagster webserver at {self.url} ({type(err).__name__}); start it "
                                 f"(`dagster dev -w workspace.yaml`) or pass --url / set {URL_ENV}") from None
         if resp.status_code != 200:
-            raise BackfillError(f"{self.url}/graphql answered HTTP {resp.status_code}: {resp.text[:500]}")
+            hint = f" (Dagster+ needs {TOKEN_ENV})" if resp.status_code in (401, 403) and not self._headers else ""
+            raise BackfillError(f"{self.url}/graphql answered HTTP {resp.status_code}{hint}: {resp.text[:500]}")
         body = resp.json()
         if body.get("errors"):
             raise BackfillError(f"{self.url}/graphql: " + "; ".join(e.get("message", "?") for e in body["errors"]))

@@ -273,7 +273,8 @@ def _models_tiny(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emilia-forge", description="The Emilia pipe, without Dagster.")
+    parser = argparse.ArgumentParser(prog="emilia-forge", description="The Emilia pipe without Dagster, and backfills "
+                                     "of batches through a Dagster webserver.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("process", help="run the pipe on audio files")
     p.add_argument("files", nargs="+")
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                    "episodes; their re-runs redo just those (finished episodes are kept)")
     k.add_argument("--asset", default="processed_segments", help="the asset to backfill (default %(default)s)")
     k.add_argument("--url", default=None, help="the Dagster webserver (default $DAGSTER_WEBSERVER_URL or "
-                   "http://127.0.0.1:3000)")
+                   "http://127.0.0.1:3000); Dagster+ also reads $DAGSTER_CLOUD_API_TOKEN")
     k.add_argument("--chunk-size", type=int, default=None, help="batches per backfill (default 500)")
     k.add_argument("--store", default=None, help="with --failed-only: a local store folder (default: S3/R2 from "
                    "R2_* variables, else $EMILIA_LOCAL_STORE or ./data), the one the code locations use")

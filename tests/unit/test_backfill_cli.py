@@ -3,6 +3,9 @@ errors a user sees. The whole path, against `dagster dev`, is tests/integration/
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import polars as pl
 import pytest
 
@@ -111,3 +114,34 @@ def test_the_cli_names_an_unreachable_webserver(capsys, monkeypatch):
 def test_failed_only_is_refused_for_another_asset(capsys):
     assert main(["backfill", "--url", "http://127.0.0.1:9", "--asset", "raw_episodes", "--failed-only", "b1"]) == 2
     assert "--failed-only re-runs episodes of processed_segments" in capsys.readouterr().err
+
+
+def test_the_dagster_plus_token_is_sent_and_a_refusal_is_explained(capsys, monkeypatch):
+    """A real HTTP server on 127.0.0.1 that refuses every request as Dagster+ does without a valid token."""
+    seen: list[str | None] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(self.headers.get("Dagster-Cloud-Api-Token"))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b"unauthorized")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.delenv("DAGSTER_CLOUD_API_TOKEN", raising=False)
+        assert main(["backfill", "--url", url, "b1"]) == 2
+        assert "answered HTTP 401 (Dagster+ needs DAGSTER_CLOUD_API_TOKEN)" in capsys.readouterr().err
+        monkeypatch.setenv("DAGSTER_CLOUD_API_TOKEN", "secret-token-value")
+        assert main(["backfill", "--url", url, "b1"]) == 2
+        err = capsys.readouterr().err
+        assert "answered HTTP 401: unauthorized" in err and "secret-token-value" not in err
+    finally:
+        server.shutdown()
+    assert seen == [None, "secret-token-value"]
