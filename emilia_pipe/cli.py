@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -196,7 +197,7 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batches_to_redo(args: argparse.Namespace, batches: list[str], say) -> list[str]:
+def _batches_to_redo(args: argparse.Namespace, batches: list[str], say: Callable[[str], None]) -> list[str]:
     """The chosen batches a re-run would redo episodes of, each reported with its episodes."""
     from concurrent.futures import ThreadPoolExecutor
 
