@@ -4,6 +4,7 @@
     emilia-forge run-batch BATCH_ID [--store DIR]
     emilia-forge reprocess KEY... [--store DIR]
     emilia-forge doctor [--load]
+    emilia-forge backfill (BATCH... | --partitions a,b | --from B1 --to B2) [--failed-only] [--url URL]
 
 `process` writes `DIR/<language>/<episode_id>/` (MP3s + all_segments.json), the layout of `processed/`, plus the
 completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A file's key is its path relative to
@@ -12,6 +13,9 @@ completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A f
 result, as the batch that picks it up from a store rooted at `data`.
 `run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
 the Dagster asset does.
+`backfill` is the one command that talks to Dagster: an asset backfill of batches through a running webserver's
+GraphQL API (`emilia_assets.backfill`), so the runs go through the backfill daemon, the run queue, the pools and the
+run launcher; `--failed-only` keeps the batches with episodes to redo (`emilia_pipe.redo`) and says which.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -131,6 +136,88 @@ def _reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from emilia_assets.backfill import (
+        DEFAULT_CHUNK_SIZE,
+        BackfillError,
+        DagsterWebserver,
+        backfill_link,
+        chunks,
+        select_partitions,
+    )
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    names = [*args.batches, *[x.strip() for x in (args.partitions or "").split(",") if x.strip()]]
+    web = DagsterWebserver(args.url)
+    try:
+        if args.failed_only and args.asset != "processed_segments":
+            raise BackfillError("--failed-only re-runs episodes of processed_segments; leave --asset at its default")
+        asset = web.asset(args.asset)
+        if not asset.partitioned:
+            raise BackfillError(f"asset {args.asset} is not partitioned: materialize it from the UI instead")
+        batches = select_partitions(web.partition_keys(args.asset), names, args.start, args.end,
+                                    asset=args.asset, url=web.url)
+        tags = {"emilia/launched-by": "emilia-forge backfill"}
+        busy = {b: runs for b, runs in web.runs_in_progress(args.asset).items() if b in set(batches)}
+        for batch, runs in busy.items():
+            say(f"{batch}: a run of {args.asset} is in progress ({', '.join(runs)}): "
+                + ("left out, its record is complete once it ends" if args.failed_only else "this adds another"))
+        if args.failed_only:
+            batches = _batches_to_redo(args, [b for b in batches if b not in busy], say)
+            tags["emilia/rerun"] = "failed-episodes"
+            if not batches:
+                say("nothing to redo in the chosen batches")
+                return 0
+        parts = chunks(batches, DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
+        say(f"{args.asset} (location {asset.location}, backfill policy: {asset.backfill_policy}, pools: "
+            f"{', '.join(asset.pools) or 'none'}): {len(batches)} batch(es) in {len(parts)} backfill(s)")
+        if args.dry_run:
+            for part in parts:
+                print(json.dumps({"asset": args.asset, "partitions": part}))
+            return 0
+        instance = web.instance()
+        if not instance.queued:
+            say("warning: this instance has no run queue (QueuedRunCoordinator): runs are launched at once, "
+                "without pool limits waiting in a queue")
+        if not instance.backfill_daemon_healthy:
+            say("warning: no healthy dagster-daemon reports the backfill daemon: the backfill waits until one runs")
+        for i, part in enumerate(parts, 1):
+            title = (f"{'failed-only ' if args.failed_only else ''}{args.asset} {part[0]}..{part[-1]}"
+                     + (f" ({i}/{len(parts)})" if len(parts) > 1 else ""))
+            backfill_id = web.launch_backfill(args.asset, part, title, tags)
+            link = backfill_link(web.url, backfill_id)
+            say(f"backfill {backfill_id}: {len(part)} batch(es) {part[0]}..{part[-1]}: {link}")
+            print(json.dumps({"backfill_id": backfill_id, "url": link, "asset": args.asset, "partitions": part}),
+                  flush=True)
+    except (BackfillError, FileNotFoundError) as err:
+        say(f"emilia-forge backfill: {err}")
+        return 2
+    return 0
+
+
+def _batches_to_redo(args: argparse.Namespace, batches: list[str], say: Callable[[str], None]) -> list[str]:
+    """The chosen batches a re-run would redo episodes of, each reported with its episodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emilia_pipe.redo import plan_redo
+    from emilia_store import LocalStore
+    from emilia_store.env import store_from_env
+
+    store = LocalStore(args.store) if args.store else store_from_env()
+    processed_prefix = os.environ.get("PROCESSED_PREFIX") or "processed/"
+    with ThreadPoolExecutor(8, thread_name_prefix="emilia-redo-batch") as ex:
+        plans = list(ex.map(lambda b: plan_redo(store, processed_prefix, b), batches))
+    for plan in plans:
+        if plan.redo or plan.unreadable or not plan.processed:
+            say(plan.describe())
+    chosen = [p.batch_id for p in plans if p.redo]
+    say(f"failed-only: {sum(len(p.redo) for p in plans)} episode(s) to redo in {len(chosen)} of {len(plans)} "
+        f"batch(es) ({store.describe()})")
+    return chosen
+
+
 def pipe_config(models_dir: str | None, language: str | None, stages: str | None, device: str | None = None):
     """The same settings the Dagster resource builds, from the CLI's flags and the environment."""
     from emilia_pipe.models import ModelSet
@@ -187,7 +274,8 @@ def _models_tiny(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emilia-forge", description="The Emilia pipe, without Dagster.")
+    parser = argparse.ArgumentParser(prog="emilia-forge", description="The Emilia pipe without Dagster, and backfills "
+                                     "of batches through a Dagster webserver.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("process", help="run the pipe on audio files")
     p.add_argument("files", nargs="+")
@@ -238,6 +326,22 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-whisper", action="store_true", help="with --full-size: skip Whisper (ASR not measured)")
     t.add_argument("--tiktoken", default=None, help="Whisper's multilingual.tiktoken, for a machine without PyPI")
     t.set_defaults(func=_models_tiny)
+    k = sub.add_parser("backfill", help="process batches through Dagster's backfill daemon, run queue, pools and run "
+                       "launcher (an asset backfill over the webserver's GraphQL API)")
+    k.add_argument("batches", nargs="*", help="batch partitions (or --partitions, or --from/--to)")
+    k.add_argument("--partitions", default=None, help="comma-separated batch partitions")
+    k.add_argument("--from", dest="start", default=None, help="first batch of an inclusive range (instance order)")
+    k.add_argument("--to", dest="end", default=None, help="last batch of the range (default: the newest)")
+    k.add_argument("--failed-only", action="store_true", help="only the chosen batches with failed or unfinished "
+                   "episodes; their re-runs redo just those (finished episodes are kept)")
+    k.add_argument("--asset", default="processed_segments", help="the asset to backfill (default %(default)s)")
+    k.add_argument("--url", default=None, help="the Dagster webserver (default $DAGSTER_WEBSERVER_URL or "
+                   "http://127.0.0.1:3000); Dagster+ also reads $DAGSTER_CLOUD_API_TOKEN")
+    k.add_argument("--chunk-size", type=int, default=None, help="batches per backfill (default 500)")
+    k.add_argument("--store", default=None, help="with --failed-only: a local store folder (default: S3/R2 from "
+                   "R2_* variables, else $EMILIA_LOCAL_STORE or ./data), the one the code locations use")
+    k.add_argument("--dry-run", action="store_true", help="say what would be launched, launch nothing")
+    k.set_defaults(func=_backfill)
     args = parser.parse_args(argv)
     return args.func(args)
 

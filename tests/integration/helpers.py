@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import soundfile as sf
 
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.assets.process import processed_segments
@@ -30,6 +31,19 @@ def seed_samples(root: Path, stems: list[str], source: str = "show", language: s
         key = f"raw_audio/{language}/{source}/{stem}.mp3"
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SAMPLES / f"{stem}.mp3", root / key)
+        keys.append(key)
+    return keys
+
+
+def seed_short_clips(store_root: Path, n: int, seconds: float = 3.0, source: str = "pool") -> list[str]:
+    """n different speech clips of a few seconds, cut from the bundled samples, as raw audio; returns their keys."""
+    audio, rate = sf.read(SAMPLES / "monologue.mp3")
+    step = int(seconds * rate)
+    keys = []
+    for i in range(n):
+        key = f"raw_audio/en/{source}/clip{i}.wav"
+        (store_root / key).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(store_root / key, audio[i * step:(i + 1) * step], rate)
         keys.append(key)
     return keys
 

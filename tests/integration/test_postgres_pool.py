@@ -23,13 +23,12 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
-import soundfile as sf
 import yaml
 from dagster_shared.utils import find_free_port
 
 from emilia_assets.assets.ingest import raw_episodes
 from resources.object_store import ObjectStoreResource
-from tests.integration.helpers import SAMPLES, batch_from_sensor, materialize_batch
+from tests.integration.helpers import batch_from_sensor, materialize_batch, seed_short_clips
 from tests.k8s_fixture import ROOT, deploy_instance_config, wait_until
 
 pytestmark = pytest.mark.slow
@@ -72,16 +71,6 @@ def postgres() -> Iterator[int]:
         subprocess.run([*as_user, pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def seed_short_clips(store_root: Path, n: int, seconds: float = 3.0) -> None:
-    """n different speech clips of a few seconds, cut from the bundled samples, as raw audio."""
-    audio, rate = sf.read(SAMPLES / "monologue.mp3")
-    step = int(seconds * rate)
-    for i in range(n):
-        dst = store_root / f"raw_audio/en/pool/clip{i}.wav"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(dst, audio[i * step:(i + 1) * step], rate)
 
 
 def postgres_instance_yaml(port: int) -> dict:
