@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -28,30 +29,43 @@ _LOCATIONS_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { 
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
 
+@dataclass
+class DevServer:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def check_alive(self) -> None:
+        """Raises if `dagster dev` has exited (a wait on its runs then fails at once instead of idling out)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {self.proc.returncode}; see {self.log}")
+
+
 @contextmanager
-def dagster_dev(env: dict[str, str], log: Path, no_progress_s: float = 120.0) -> Iterator[str]:
-    """Yields the UI's URL once both code locations are loaded. `env` must hold DAGSTER_HOME."""
+def dagster_dev(env: dict[str, str], log: Path, no_progress_s: float = 120.0) -> Iterator[DevServer]:
+    """Yields the server once both code locations are loaded. `env` must hold DAGSTER_HOME."""
     port = find_free_port()
-    url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    server = DevServer(f"http://127.0.0.1:{port}", proc, log)
     try:
         def loaded() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            return locations_loaded(url)
+            server.check_alive()
+            return locations_loaded(server.url)
 
+        # each location imports torch on start-up: the clock restarts whenever the server's output grows
         wait_until(loaded, idle_s=no_progress_s, progress=lambda: log.stat().st_size, poll_s=0.5)
-        yield url
+        assert proc.pid in processes_with_env("DAGSTER_HOME", env["DAGSTER_HOME"]), "the leftover check sees it"
+        yield server
     finally:
         stop_session(proc)
         left = processes_with_env("DAGSTER_HOME", env["DAGSTER_HOME"])
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        assert not left, f"processes left running after dagster dev stopped: {left}"
+    assert not left, f"processes left running after dagster dev stopped: {left}"
 
 
 def locations_loaded(url: str) -> bool:
@@ -85,9 +99,22 @@ def stop_session(proc: subprocess.Popen) -> None:
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
+    # a zombie leader still counts for killpg: alive only if some member is not a zombie
+    return bool(_members(pgid))
+
+
+def _members(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

@@ -114,7 +114,8 @@ def test_cli_backfill_through_queue_and_pool_then_failed_only_rerun(tmp_path):
     env.update({"DAGSTER_HOME": str(home), "EMILIA_LOCAL_STORE": str(store_root), "EMILIA_STAGES": "",
                 "EMILIA_WORK_DIR": str(tmp_path / "work"), "PYTHONPATH": str(ROOT)})
     log = tmp_path / "dagster-dev.log"
-    with dagster_dev(env, log) as url, dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_dev(env, log) as server, dg.DagsterInstance.from_config(str(home)) as instance:
+        url = server.url
         env["DAGSTER_WEBSERVER_URL"] = url
         step(f"dagster dev up at {url}")
 

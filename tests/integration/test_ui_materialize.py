@@ -24,26 +24,19 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-import requests
-from dagster_shared.utils import find_free_port
 
 from emilia_assets.assets.ingest import raw_episodes
 from emilia_assets.run_progress import wait_until as wait_for_runs
 from resources.object_store import ObjectStoreResource
+from tests.integration.dagster_dev import dagster_dev
 from tests.integration.helpers import batch_from_sensor, materialize_batch, seed_samples
-from tests.k8s_fixture import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +47,6 @@ REQUIRE_ENV = "EMILIA_REQUIRE_BROWSER"
 CHECK = "segment_ids_unique"  # the asset check on processed_segments whose result the asset page must show
 NO_PROGRESS_S = 120.0  # start-up and the run: give up after this long without progress, never on a total
 UI_TIMEOUT_MS = 60_000  # one element to appear; the UI answers within seconds, but CI's 2 cores are busy
-
-LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name
-  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-
 
 def system_chromium() -> str:
     """The system chromium's path, or a skip (a failure under EMILIA_REQUIRE_BROWSER=1) naming what is missing."""
@@ -75,110 +64,6 @@ def system_chromium() -> str:
             pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
         pytest.skip(reason)
     return path
-
-
-@dataclass
-class DevServer:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {self.proc.returncode}; see {self.log}")
-
-
-@contextmanager
-def dagster_dev(env: dict[str, str], log: Path) -> Iterator[DevServer]:
-    """`dagster dev` in its own process session, yielded once both code locations have loaded.
-
-    Stopped with SIGINT to the whole session, as Ctrl-C stops it (SIGKILL only after 30 s); then no process that
-    carries this DAGSTER_HOME may be left, whatever its session (code servers and run workers included).
-    """
-    port = find_free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    server = DevServer(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        def loaded() -> bool:
-            server.check_alive()
-            return _locations_loaded(server.url)
-
-        # each location imports torch on start-up: the clock restarts whenever the server's output grows
-        wait_until(loaded, idle_s=NO_PROGRESS_S, progress=lambda: log.stat().st_size, poll_s=1)
-        assert proc.pid in _processes_with_env("DAGSTER_HOME", env["DAGSTER_HOME"]), "the leftover check sees it"
-        yield server
-    finally:
-        _stop_session(proc)
-        left = _processes_with_env("DAGSTER_HOME", env["DAGSTER_HOME"])
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes left running after dagster dev stopped: {left}"
-
-
-def _locations_loaded(url: str) -> bool:
-    try:
-        reply = requests.post(f"{url}/graphql", json={"query": LOCATIONS}, timeout=10).json()
-    except (requests.RequestException, ValueError):
-        return False
-    entries = (reply.get("data") or {}).get("workspaceOrError", {}).get("locationEntries") or []
-    kinds = {e["name"]: (e["locationOrLoadError"] or {}).get("__typename") for e in entries}
-    if "PythonError" in kinds.values():
-        raise RuntimeError(f"a code location failed to load: {entries}")
-    return kinds == {"emilia_forge": "RepositoryLocation", "emilia_gpu": "RepositoryLocation"}
-
-
-def _stop_session(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-    except ProcessLookupError:
-        return
-    # dagster dev shuts its webserver, daemon and code servers down; wait for the whole session, not only for it
-    deadline = time.monotonic() + 30
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie leader still counts for killpg: alive only if some member is not a zombie
-    return bool(_members(pgid))
-
-
-def _members(pgid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _processes_with_env(name: str, value: str) -> list[int]:
-    """Live processes whose environment holds name=value: a run worker outside the session shows here too."""
-    needle = f"{name}={value}".encode()
-    found = []
-    for proc_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            environ = (proc_dir / "environ").read_bytes().split(b"\0")
-            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in environ and state != "Z":
-            found.append(int(proc_dir.name))
-    return found
 
 
 class Screenshots:
