@@ -197,7 +197,8 @@ def test_cli_backfill_through_queue_and_pool_then_failed_only_rerun(tmp_path):
     assert not (store_root / f"processed/_batches/{batches[3]}.parquet").exists(), "outside the range"
     # the re-run redid the failed episode alone: every other file of its batch untouched
     after = files_with_mtimes(store_root / "processed", leave_out=still_running)
-    redone = {k for k in after if victim in k} | {f"_batches/{hit}.parquet", f"_batches/{hit}.segments.parquet"}
+    redone = {k for k in after if victim in k} | {f"_batches/{hit}.parquet", f"_batches/{hit}.segments.parquet",
+                                                   f"_batches/{hit}.summary.json"}
     assert {k: v for k, v in after.items() if k not in redone} == {k: v for k, v in before.items()
                                                                     if k not in redone}, "finished files touched"
     assert f"_episodes/{victim}.json" in after and any(k.endswith(f"{victim}/all_segments.json") for k in after)
