@@ -3,15 +3,20 @@
 A thin wrapper over `emilia_pipe.runner.run_batch` (which holds resume, prefetch, workers, uploads and the batch's
 status table and catalogue): it reads the batch's manifest and probes, turns the runner's events into run-log lines
 and its outcome into metadata, and fails the step when more than `max_failure_fraction` of the episodes failed.
+The batch's asset checks (`emilia_assets.checks`) are evaluated in this step, from the files the batch wrote.
 """
+
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.checks import PROCESSED_CHECKS, PROCESSED_SEGMENTS, results, specs
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
+from emilia_pipe.batch_checks import check_batch, read_batch_files
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, run_batch
 from emilia_pipe.workdir import batch_dir
@@ -67,6 +72,7 @@ def _metadata(outcome: BatchOutcome, processed_prefix: str) -> dict[str, dg.Meta
     pool=GPU_POOL,  # one slot = one 8-GPU pod; with run granularity the pool caps concurrent GPU runs
     group_name="process",
     kinds={"pytorch", "parquet"},
+    check_specs=specs(PROCESSED_SEGMENTS, PROCESSED_CHECKS),
     description="Segments of every episode of the batch: processed/<language>/<episode_id>/ (MP3 + all_segments.json).",
 )
 def processed_segments(
@@ -75,7 +81,7 @@ def processed_segments(
     store: ObjectStoreResource,
     pipe: EmiliaPipeResource,
     gpu_pool: GpuPoolResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     batch_id = context.partition_key
     s = store.open()
     episodes = [Episode.from_row(r) for r in read_manifest(s, batch_id).iter_rows(named=True)]
@@ -89,11 +95,14 @@ def processed_segments(
         batch_dir(batch_id), probes=_probes(s, batch_id), settings=gpu_pool.runner_settings(), on_event=log,
     )
     metadata = _metadata(outcome, store.processed_prefix)
+    checks = results(PROCESSED_SEGMENTS, PROCESSED_CHECKS, lambda: check_batch(
+        read_batch_files(s, store.processed_prefix, batch_id), pipe.segmentation_rules(), config.max_failure_fraction))
     total, failed = outcome.status.height, outcome.count("failed")
     if total and failed / total > config.max_failure_fraction:
+        yield from checks  # the verdicts (failures by reason) stay on the asset's page although the step fails
         raise dg.Failure(
             description=f"{failed}/{total} episodes of batch {batch_id} failed "
                         f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list",
             metadata=metadata,
         )
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
