@@ -11,6 +11,8 @@ fails the asset's step (its materialization is still recorded, with the check's 
 - in later runs, `hf_shards` refuses a batch whose latest `processed_segments` materialization failed a blocking
   check (`failed_blocking_checks`), and the publish sensor does not launch its publish run. Re-materializing the
   batch (after fixing the cause) records new verdicts and lets it through.
+The verdicts are written right after the materialization, in the same step: a sensor tick falling between the two
+launches the publish run, whose gate in hf_shards then finds the verdicts and refuses.
 """
 
 from __future__ import annotations
