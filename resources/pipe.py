@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
+from emilia_pipe.segmentation import SegmentationRules
 from emilia_pipe.settings import ALL_STAGES
 
 if TYPE_CHECKING:
     from emilia_pipe.pipeline import PipeConfig
+
+_RULES = SegmentationRules()  # Emilia's numbers, defined once (emilia_pipe.segmentation)
 
 
 class EmiliaPipeResource(dg.ConfigurableResource):
@@ -41,15 +44,19 @@ class EmiliaPipeResource(dg.ConfigurableResource):
     target_dbfs: float = Field(default=-20.0, description="Loudness target of the speech, dBFS RMS.")
     mp3_bitrate_kbps: int = Field(default=64, description="Segment MP3 bitrate; 64 kbps keeps the band to ~11 kHz.")
     vad_threshold: float = 0.5
-    min_segment_s: float = 3.0
-    max_segment_s: float = 30.0
-    split_above_s: float = 20.0
-    merge_gap_s: float = 2.0
+    min_segment_s: float = _RULES.min_s
+    max_segment_s: float = _RULES.max_s
+    split_above_s: float = _RULES.split_above_s
+    merge_gap_s: float = _RULES.merge_gap_s
+
+    def segmentation_rules(self) -> SegmentationRules:
+        """The rules the pipe segments by; the durations check of processed_segments reads its bounds here."""
+        return SegmentationRules(min_s=self.min_segment_s, max_s=self.max_segment_s,
+                                 split_above_s=self.split_above_s, merge_gap_s=self.merge_gap_s)
 
     def pipe_config(self, device: str | None = None) -> PipeConfig:
         """`device` overrides the setting: a pooled worker is pinned to one GPU, which it sees as `cuda`."""
         from emilia_pipe.models import ModelSet
-        from emilia_pipe.segmentation import SegmentationRules
         from emilia_pipe.settings import build_pipe_config
         from emilia_pipe.vad import VadConfig
 
@@ -73,6 +80,5 @@ class EmiliaPipeResource(dg.ConfigurableResource):
             target_dbfs=self.target_dbfs,
             mp3_bitrate_kbps=self.mp3_bitrate_kbps,
             vad=VadConfig(threshold=self.vad_threshold),
-            rules=SegmentationRules(min_s=self.min_segment_s, max_s=self.max_segment_s,
-                                    split_above_s=self.split_above_s, merge_gap_s=self.merge_gap_s),
+            rules=self.segmentation_rules(),
         )

@@ -1,14 +1,16 @@
 """publish_sensor: every new materialization of a batch's processed_segments launches that batch's publish run.
 
 It reads the asset's materialization records after its cursor (a storage id), so batches finished from a sensor
-run, a UI materialization or a CLI backfill are all published, each once per materialization. It also keeps the
-`release_writer` pool (hf_shards) at one slot: one publish at a time writes the release.
+run, a UI materialization or a CLI backfill are all published, each once per materialization; a materialization
+whose run failed one of processed_segments' blocking checks is passed over (hf_shards would refuse it too). It also
+keeps the `release_writer` pool (hf_shards) at one slot: one publish at a time writes the release.
 """
 
 import os
 
 import dagster as dg
 
+from emilia_assets.checks import failed_blocking_checks
 from emilia_assets.jobs import publish_job
 from emilia_assets.pools import RELEASE_POOL
 from sensors.chain import next_runs
@@ -35,4 +37,8 @@ def keep_release_pool_at_one(instance: dg.DagsterInstance) -> bool:
 def publish_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     if keep_release_pool_at_one(context.instance):
         context.log.info(f"pool {RELEASE_POOL} set to 1 slot: one publish run writes the release at a time")
-    return next_runs(context, PROCESSED_SEGMENTS, "publish")
+
+    def held(record: dg.EventLogRecord) -> list[str]:
+        return failed_blocking_checks(context.instance, PROCESSED_SEGMENTS, record.partition_key, record.run_id)
+
+    return next_runs(context, PROCESSED_SEGMENTS, "publish", held=held)

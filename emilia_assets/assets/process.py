@@ -9,20 +9,25 @@ Retries (docs/batch-runs.md, "Retries"): a failed step is tried again on the sam
 what another attempt can fix is retried: a store or network error, workers that kept dying at start, a batch pushed
 over the threshold by failed downloads and uploads. A batch over the threshold from bad data, and a worker that
 cannot load its models, fail at once (`dg.Failure(allow_retries=False)`).
+
+The batch's asset checks (`emilia_assets.checks`) are evaluated in this step, from the files the batch wrote.
 """
 
 import hashlib
 import os
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from emilia_assets.assets.ingest import raw_episodes
+from emilia_assets.checks import PROCESSED_CHECKS, PROCESSED_SEGMENTS, results, specs
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import GPU_POOL
 from emilia_assets.versions import PROCESS_CODE_VERSION
 from emilia_pipe import batch_report
+from emilia_pipe.batch_checks import check_batch, read_batch_files
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.failures import data_failures, worth_retrying
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, WorkerLoadError, run_batch
@@ -138,6 +143,7 @@ def _data_version(outcome: BatchOutcome) -> dg.DataVersion:
     code_version=PROCESS_CODE_VERSION,  # the pipe's sources and the model set (emilia_assets/versions.py)
     group_name="process",
     kinds={"pytorch", "parquet"},
+    check_specs=specs(PROCESSED_SEGMENTS, PROCESSED_CHECKS),
     description="Segments of every episode of the batch: `processed/<language>/<episode_id>/` (MP3 and "
     "all_segments.json).",
 )
@@ -147,7 +153,7 @@ def processed_segments(
     store: ObjectStoreResource,
     pipe: EmiliaPipeResource,
     gpu_pool: GpuPoolResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     batch_id = context.partition_key
     s = store.open()
     episodes = [Episode.from_row(r) for r in read_manifest(s, batch_id).iter_rows(named=True)]
@@ -166,10 +172,13 @@ def processed_segments(
     except WorkerLoadError as err:  # configuration: the same pod fails the same way again
         raise dg.Failure(description=str(err), allow_retries=False) from err
     metadata = _metadata(outcome, store.processed_prefix)
+    checks = results(PROCESSED_SEGMENTS, PROCESSED_CHECKS, lambda: check_batch(
+        read_batch_files(s, store.processed_prefix, batch_id), pipe.segmentation_rules(), config.max_failure_fraction))
     total, failed = outcome.status.height, outcome.count("failed")
     if total and failed / total > config.max_failure_fraction:
         bad_data = data_failures(outcome.status)
         retry = worth_retrying(outcome.status, config.max_failure_fraction)  # the store's failures tipped it over
+        yield from checks  # the verdicts (failures by reason) stay on the asset's page although the step fails
         raise dg.Failure(
             description=f"{failed}/{total} episodes of batch {batch_id} failed "
                         f"(more than max_failure_fraction={config.max_failure_fraction}); see the failures list. "
@@ -178,4 +187,4 @@ def processed_segments(
             metadata=metadata,
             allow_retries=retry,
         )
-    return dg.MaterializeResult(metadata=metadata, data_version=_data_version(outcome))
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks, data_version=_data_version(outcome))

@@ -4,6 +4,9 @@ A thin wrapper over `emilia_publish.release.publish_batch`, which holds the rele
 raw object, supersession, the incremental summary, the writer lock, provenance checks; see docs/release.md). The
 asset is in the `release_writer` pool: with its limit at one (the publish sensor keeps it there), Dagster runs one
 publish at a time, and the store lock makes a second writer wait even where the pool is not enforced.
+
+Before publishing, it refuses a batch whose latest processed_segments materialization failed a blocking check; after
+publishing, it evaluates the release checks (`emilia_assets.checks`) from the files it wrote.
 """
 
 import tempfile
@@ -12,6 +15,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from emilia_assets.checks import (
+    HF_SHARDS,
+    PROCESSED_SEGMENTS,
+    RELEASE_CHECKS,
+    failed_blocking_checks,
+    results,
+    specs,
+)
 from emilia_assets.partitions import episode_batches
 from emilia_assets.pools import RELEASE_POOL
 from emilia_assets.versions import PUBLISH_CODE_VERSION
@@ -19,6 +30,7 @@ from emilia_pipe.workdir import batch_dir
 from emilia_publish.filters import PublishFilters
 from emilia_publish.hub import publish_files
 from emilia_publish.release import PublishOutcome, PublishSettings, ReleaseRefused, publish_batch
+from emilia_publish.release_checks import check_published_batch
 from resources.huggingface import HuggingFaceResource
 from resources.object_store import ObjectStoreResource
 
@@ -93,6 +105,7 @@ def _metadata(outcome: PublishOutcome) -> dict[str, dg.MetadataValue]:
     code_version=PUBLISH_CODE_VERSION,
     group_name="publish",
     kinds={"python", "huggingface", "parquet"},
+    check_specs=specs(HF_SHARDS, RELEASE_CHECKS),
     description="The batch in the release: WebDataset shards (`shards/<language>/<batch>-<n:05d>.tar`) and their "
     "Parquet twins, its index, the dataset card from the release summary; uploaded to the Hugging Face dataset "
     "repo when HF_REPO_ID is set.",
@@ -100,6 +113,12 @@ def _metadata(outcome: PublishOutcome) -> dict[str, dg.MetadataValue]:
 def hf_shards(
     context: dg.AssetExecutionContext, config: ShardConfig, store: ObjectStoreResource, hf: HuggingFaceResource
 ) -> dg.MaterializeResult:
+    blocked = failed_blocking_checks(context.instance, PROCESSED_SEGMENTS, context.partition_key)
+    if blocked:
+        raise dg.Failure(description=(
+            f"batch {context.partition_key} is not published: its latest processed_segments materialization failed "
+            "blocking checks; fix the cause and materialize processed_segments again:\n"
+            + "\n".join(f"- {b}" for b in blocked)))
     settings = PublishSettings(
         processed_prefix=store.processed_prefix, filters=config.filters(),
         max_shard_bytes=int(config.max_shard_mb * 2**20), max_shard_samples=config.max_shard_samples,
@@ -126,4 +145,6 @@ def hf_shards(
                                     upload=upload, log=context.log.info)
         except ReleaseRefused as err:
             raise dg.Failure(description=str(err)) from None
-    return dg.MaterializeResult(metadata=_metadata(outcome))
+        checks = results(HF_SHARDS, RELEASE_CHECKS, lambda: check_published_batch(
+            store.open(), context.partition_key, settings, work_dir=Path(tmp)))
+    return dg.MaterializeResult(metadata=_metadata(outcome), check_results=checks)
