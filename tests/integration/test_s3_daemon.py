@@ -40,8 +40,8 @@ def test_sensor_daemon_and_runs_take_s3_raw_audio_to_shards(s3_env, tmp_path, mo
     assert f"manifests/batches/{batch}.parquet" in keys
     assert len([k for k in keys if k.startswith("processed/en/") and k.endswith("/all_segments.json")]) == 2
     shard_keys = [k for k in keys if k.startswith(f"shards/en/{batch}-")]
-    assert shard_keys == [f"shards/en/{batch}-00000.tar"]
-    body = s3.get_object(Bucket=bucket, Key=shard_keys[0])["Body"].read()
+    assert shard_keys == [f"shards/en/{batch}-00000.parquet", f"shards/en/{batch}-00000.tar"], "a tar and its twin"
+    body = s3.get_object(Bucket=bucket, Key=f"shards/en/{batch}-00000.tar")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         samples = assert_paired({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
     assert len(samples) >= 3
