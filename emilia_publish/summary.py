@@ -22,7 +22,8 @@ from typing import Any
 
 import polars as pl
 
-CENTI = 100  # histogram resolution: 0.01 (DNSMOS points, seconds)
+from emilia_pipe.batch_report import CENTI, histogram  # one histogram format for batch and release summaries
+
 FORMAT = 1
 
 
@@ -65,16 +66,6 @@ def negative_counts(counts: Mapping[str, Any], path: str = "") -> list[str]:
     return out
 
 
-def _hist(values: Iterable[float | None]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        k = str(int(round(v * CENTI)))
-        out[k] = out.get(k, 0) + 1
-    return out
-
-
 def _count(values: Iterable[Any], default: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in values:
@@ -104,7 +95,7 @@ def episode_contributions(index: pl.DataFrame, urls: Mapping[str, str] | None = 
         for (language,), g in rows.group_by(["language"], maintain_order=True):
             c["languages"][language] = {
                 "episodes": 1, "segments": g.height, "ms": _ms(g), "speakers": g["speaker"].n_unique(),
-                "dnsmos": _hist(g["dnsmos"].to_list()), "duration": _hist(g["duration"].to_list()),
+                "dnsmos": histogram(g["dnsmos"].to_list()), "duration": histogram(g["duration"].to_list()),
             }
         for (source,), g in rows.group_by(["source"], maintain_order=True):
             licenses: dict[str, Any] = {}
