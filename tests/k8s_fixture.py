@@ -143,3 +143,12 @@ def wait_until(predicate, idle_s: float = 60.0, progress=lambda: None, poll_s: f
         elif time.monotonic() - changed > idle_s:
             raise TimeoutError(f"no progress for {idle_s:.0f} s (last state: {last!r})")
         time.sleep(poll_s)
+
+
+def grpc_ready(client) -> bool:
+    """Whether a `dagster api grpc` server answers a ping yet (a DagsterGrpcClient)."""
+    try:
+        client.ping("ready")
+        return True
+    except Exception:
+        return False

@@ -30,7 +30,15 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster_graphql import DagsterGraphQLClient
 from dagster_shared.utils import find_free_port
 
-from tests.k8s_fixture import DEPLOY, ROOT, RecordingKubeApi, deploy_instance_config, sqlite_storage, wait_until
+from tests.k8s_fixture import (
+    DEPLOY,
+    ROOT,
+    RecordingKubeApi,
+    deploy_instance_config,
+    grpc_ready,
+    sqlite_storage,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +161,7 @@ def test_runs_are_placed_by_location_from_ui_backfill_cli_and_sensors(tmp_path):
         workspace.write_text(yaml.safe_dump({"load_from": servers}))
         for s in servers:
             client = DagsterGrpcClient(port=s["grpc_server"]["port"], host="127.0.0.1")
-            wait_until(lambda c=client: _pings(c), idle_s=300, poll_s=1)  # start-up: imports torch
+            wait_until(lambda c=client: grpc_ready(c), idle_s=300, poll_s=1)  # start-up: imports torch
 
         web_port = find_free_port()
         stack.enter_context(process([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(web_port),
@@ -212,14 +220,6 @@ def test_runs_are_placed_by_location_from_ui_backfill_cli_and_sensors(tmp_path):
         assert_common(job)
     assert all(path.startswith("/apis/batch/v1/namespaces/emilia/jobs") for method, path in api.requests
                if method == "POST")
-
-
-def _pings(client) -> bool:
-    try:
-        client.ping("ready")
-        return True
-    except Exception:
-        return False
 
 
 def _all_loaded(url: str) -> bool:

@@ -30,7 +30,7 @@ from emilia_assets.jobs import RUN_RETRY_TAGS
 from resources.object_store import ObjectStoreResource
 from tests.integration.helpers import batch_from_sensor, seed_samples
 from tests.integration.test_k8s_launch import process
-from tests.k8s_fixture import ROOT, RecordingKubeApi, deploy_instance_config, sqlite_storage, wait_until
+from tests.k8s_fixture import ROOT, RecordingKubeApi, deploy_instance_config, grpc_ready, sqlite_storage, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
         stack.enter_context(process([str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env,
                                     tmp_path / "daemon.log"))
         client = DagsterGrpcClient(port=port, host="127.0.0.1")
-        wait_until(lambda: _pings(client), idle_s=120, poll_s=0.2)
+        wait_until(lambda: grpc_ready(client), idle_s=120, poll_s=0.2)
         subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-l", "emilia_gpu",
                         "-j", "emilia_job", "--tags", json.dumps({"dagster/partition": batch})],
                        cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
@@ -126,11 +126,3 @@ def test_a_run_lost_with_its_pod_is_retried_by_the_daemon_and_resumes(tmp_path):
 
 def _statuses(instance) -> list[str]:
     return [r.status.value for r in instance.get_runs()]
-
-
-def _pings(client) -> bool:
-    try:
-        client.ping("ready")
-        return True
-    except Exception:
-        return False
