@@ -1,6 +1,6 @@
 """A fake Hugging Face Hub on 127.0.0.1, speaking the HTTP that huggingface_hub 2.4.0's HfApi sends for a dataset repo.
 
-No real Hub server can run locally (see ../shared/notes/infra.md), so the upload code is tested against this one: it
+No offline Hub server exists, so the upload code is tested against this one: it
 answers create-repo (409 when the repo exists, so `exist_ok` works), repo info, the tree listing (recursive, paginated
 with a `Link` header like the Hub), paths-info, preupload (applying the repo's `.gitignore`, as the Hub does), commit
 (NDJSON), YAML validation of the dataset card, whoami, file downloads (`resolve`) and, for files at or above

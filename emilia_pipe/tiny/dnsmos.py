@@ -2,7 +2,8 @@
 
 `sig_bak_ovr.onnx`: input `input_1` [N, 144160] -> `Identity:0` [N, 3]; `model_v8.onnx`: input `input_1`
 [N, 900, 120] -> `Identity:0` [N, 1]. The stand-ins map simple energy statistics to plausible raw scores, so the
-whole pipe runs offline; tests that judge quality use the real models from ../shared/models/dnsmos.
+whole pipe runs offline; tests that judge quality use the real DNSMOS files where the machine has them
+(tests/shared_models.py).
 """
 
 from __future__ import annotations
