@@ -175,3 +175,22 @@ def test_device_from_env():
     cfg = DnsmosConfig.from_env("m.onnx", None, env={"DNSMOS_DEVICE": "cuda:2"})
     assert cfg.device == "cuda:2" and cfg.batch_size == 16
     assert DnsmosConfig.from_env("m.onnx", env={}).device == "cpu"
+
+
+def test_the_stand_ins_spread_a_steady_voice_enough_for_the_collapse_check(tmp_path: Path):
+    """A fresh machine without the real files runs `make demo` on the stand-ins: their scores for the steady synthetic
+    monologue must differ between segments as a working model's do, or `dnsmos_not_collapsed` blocks the batch."""
+    import polars as pl
+
+    from emilia_pipe.batch_checks import dnsmos_not_collapsed
+    from emilia_pipe.tiny import dnsmos as stand_ins
+
+    sig, p808 = stand_ins.build(tmp_path)
+    model = Dnsmos(DnsmosConfig(str(sig), str(p808)))
+    audio = decode(MONOLOGUE, DNSMOS_SR)
+    clips = [audio[i * 10 * DNSMOS_SR:(i + 1) * 10 * DNSMOS_SR] for i in range(4)]  # four 10 s of one steady voice
+    scores = model.score_many(clips, DNSMOS_SR)
+    catalogue = pl.DataFrame({f"dnsmos_{m}": [s[m] for s in scores] for m in ("ovrl", "sig", "bak")})
+    outcome = dnsmos_not_collapsed(catalogue)
+    assert outcome.passed, outcome.text
+    assert all(1.0 <= s[m] <= 5.0 for s in scores for m in ("ovrl", "sig", "bak")), scores
