@@ -25,6 +25,7 @@ import dagster as dg
 
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.batch_checks import (
+    BLOCKING_BATCH_CHECKS,
     DNSMOS_NOT_COLLAPSED,
     DURATIONS_WITHIN_RULES,
     FAILED_EPISODES,
@@ -38,20 +39,20 @@ HF_SHARDS = dg.AssetKey("hf_shards")
 
 # name -> (blocking, what it means and why it blocks or not): shown as the check's description in the UI.
 PROCESSED_CHECKS: dict[str, tuple[bool, str]] = {
-    FAILED_EPISODES: (True, (
+    FAILED_EPISODES: (FAILED_EPISODES in BLOCKING_BATCH_CHECKS, (
         "At most max_failure_fraction (processed_segments' run config) of the batch's episodes failed; the metadata "
         "counts failures by reason. Blocking: a batch that mostly failed points at a broken input or pod, and "
         "publishing its few survivors would hide that; the step fails on it as well.")),
-    SEGMENT_IDS_UNIQUE: (True, (
+    SEGMENT_IDS_UNIQUE: (SEGMENT_IDS_UNIQUE in BLOCKING_BATCH_CHECKS, (
         "No segment id twice in the batch's catalogue nor across its episodes' all_segments.json. Blocking: the id "
         "is the sample key in the shards and the release index; a duplicate overwrites a sample or breaks the "
         "release's one-key-once rule.")),
-    DURATIONS_WITHIN_RULES: (False, (
+    DURATIONS_WITHIN_RULES: (DURATIONS_WITHIN_RULES in BLOCKING_BATCH_CHECKS, (
         "Every segment lasts between the segmentation rules' min and max (the pipe's min_segment_s/max_segment_s). "
         "Not blocking (warning): an out-of-bounds segment is still valid speech with its text, and a batch whose "
         "episodes were resumed under other rules would otherwise wait for a full re-run; hf_shards' "
         "min/max_duration_s filters keep such segments out when wanted.")),
-    DNSMOS_NOT_COLLAPSED: (True, (
+    DNSMOS_NOT_COLLAPSED: (DNSMOS_NOT_COLLAPSED in BLOCKING_BATCH_CHECKS, (
         "The batch's DNSMOS scores are finite and spread (three or more scored segments whose standard deviation "
         "is at least 0.005, per OVRL/SIG/BAK; see emilia_pipe.batch_checks). Blocking: collapsed scores mean a "
         "broken quality model, and every published score (the card's quality figures, users' filters) would be "

@@ -37,6 +37,9 @@ SEGMENT_IDS_UNIQUE = "segment_ids_unique"
 DURATIONS_WITHIN_RULES = "durations_within_rules"
 DNSMOS_NOT_COLLAPSED = "dnsmos_not_collapsed"
 BATCH_CHECKS = (FAILED_EPISODES, SEGMENT_IDS_UNIQUE, DURATIONS_WITHIN_RULES, DNSMOS_NOT_COLLAPSED)
+# A failure of these keeps the batch out of the release (emilia_assets.checks says why for each); the durations check
+# only warns. The Dagster layer and `emilia-forge run-batch` both read it here.
+BLOCKING_BATCH_CHECKS = frozenset({FAILED_EPISODES, SEGMENT_IDS_UNIQUE, DNSMOS_NOT_COLLAPSED})
 
 # all_segments.json (and so the catalogue) rounds start, end and duration to the millisecond.
 DURATION_TOLERANCE_S = 0.001

@@ -12,7 +12,7 @@ completion markers and the status table (`DIR/_episodes/`, `DIR/_batches/`). A f
 `emilia-forge process data/raw_audio/en/show/ep1.mp3 --root data` gives the episode the same id, and the same
 result, as the batch that picks it up from a store rooted at `data`.
 `run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
-the Dagster asset does.
+the Dagster asset does, its checks included: a failed blocking check exits 1, as too many failed episodes do.
 `backfill` is the one command that talks to Dagster: an asset backfill of batches through a running webserver's
 GraphQL API (`emilia_assets.backfill`), so the runs go through the backfill daemon, the run queue, the pools and the
 run launcher; `--failed-only` keeps the batches with episodes to redo (`emilia_pipe.redo`) and says which.
@@ -97,6 +97,7 @@ def _process(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    from emilia_pipe.batch_checks import BLOCKING_BATCH_CHECKS, check_batch, read_batch_files
     from emilia_pipe.batching import read_manifest
     from emilia_pipe.runner import Episode, Probe, run_batch
     from emilia_pipe.workdir import batch_dir
@@ -113,15 +114,25 @@ def _run_batch(args: argparse.Namespace) -> int:
     except KeyError:
         probes = {}
     plan = _plan(args)
-    outcome = run_batch(args.batch_id, episodes, store, store, processed_prefix,
-                        pipe_config(args.models, args.language, args.stages, plan.device), plan,
+    config = pipe_config(args.models, args.language, args.stages, plan.device)
+    outcome = run_batch(args.batch_id, episodes, store, store, processed_prefix, config, plan,
                         batch_dir(args.batch_id), probes=probes, on_event=_print_event)
+    # The batch's checks, as processed_segments evaluates them: a failed blocking one fails the command too.
+    checks = check_batch(read_batch_files(store, processed_prefix, args.batch_id), config.rules,
+                         args.max_failure_fraction)
+    for check in checks:
+        if not check.passed:
+            print(f"check {check.name} failed"
+                  f"{'' if check.name in BLOCKING_BATCH_CHECKS else ' (a warning)'}: {check.description}",
+                  file=sys.stderr)
+    blocked = [c.name for c in checks if not c.passed and c.name in BLOCKING_BATCH_CHECKS]
     summary = {"batch_id": args.batch_id, "episodes": outcome.status.height, "done": outcome.count("done"),
                "resumed": outcome.count("resumed"), "failed": outcome.count("failed"),
                "segments": outcome.segments.height, "hours_in": round(outcome.hours_in, 4),
-               "wall_s": round(outcome.wall_s, 1), "workers": plan.describe()}
+               "wall_s": round(outcome.wall_s, 1), "workers": plan.describe(),
+               "checks": {c.name: c.passed for c in checks}}
     print(json.dumps(summary))
-    return 1 if outcome.failed_fraction > args.max_failure_fraction else 0
+    return 1 if outcome.failed_fraction > args.max_failure_fraction or blocked else 0
 
 
 def _reprocess(args: argparse.Namespace) -> int:

@@ -121,6 +121,16 @@ def test_run_batch_processes_a_manifest_in_an_s3_bucket_from_the_environment(tmp
     assert status["status"].to_list() == ["done", "done"]
     for eid in status["episode_id"]:
         assert s3_store.exists(f"processed/_episodes/{eid}.json")
+    assert summary["checks"] == {"failed_episodes_under_threshold": True, "segment_ids_unique": True,
+                                 "durations_within_rules": True, "dnsmos_not_collapsed": True}
+
+    # The batch's checks run as in the asset: a segment listed twice fails segment_ids_unique, which blocks.
+    marker = json.loads(s3_store.get_bytes(f"processed/_episodes/{status['episode_id'][0]}.json"))
+    doc = json.loads(s3_store.get_bytes(marker["all_segments"]))
+    doc["segments"].append(doc["segments"][0])
+    s3_store.put_bytes(marker["all_segments"], json.dumps(doc).encode())
     again = subprocess.run([sys.executable, "-m", "emilia_pipe", "run-batch", batch.batch_id, "--stages", ""],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert json.loads(again.stdout.splitlines()[-1])["resumed"] == 2
+    resumed = json.loads(again.stdout.splitlines()[-1])
+    assert resumed["resumed"] == 2 and resumed["checks"]["segment_ids_unique"] is False
+    assert again.returncode == 1 and "check segment_ids_unique failed" in again.stderr, again.stderr[-3000:]
