@@ -99,11 +99,8 @@ def _count_samples(path: Path) -> int:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def shard_checksums(paths: Mapping[str, Path]) -> pl.DataFrame:
