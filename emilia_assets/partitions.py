@@ -1,7 +1,7 @@
 import dagster as dg
 
 # One partition per batch of episodes (a manifest), never per episode: catalogues hold millions of episodes and
-# Dagster is built for thousands of partitions. See DESIGN.md, "The unit of work".
+# Dagster is built for thousands of partitions (docs/batch-runs.md says why).
 episode_batches = dg.DynamicPartitionsDefinition(name="episode_batches")
 
 # Sources are partitions too: one per podcast feed or YouTube channel/playlist, keyed `feed-<sha256(url)[:12]>` /

@@ -1,7 +1,7 @@
 """Episode batches: grouping raw audio into manifests, and the incremental scan that finds new raw audio.
 
 No Dagster here: the sensor wraps `scan_tick`, the assets read manifests. A batch is the unit of work (one
-partition, one run, one GPU pod); see DESIGN.md for why partitions are batches, not episodes.
+partition, one run, one GPU pod); docs/batch-runs.md says why partitions are batches, not episodes.
 
 The scan walks `raw_audio/` in key order a bounded number of list pages per tick, carrying its position in the
 cursor, so a bucket of millions of objects never makes a tick re-list from the start or time out. Keys under

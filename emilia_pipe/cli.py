@@ -14,7 +14,7 @@ result, as the batch that picks it up from a store rooted at `data`.
 `run-batch` runs one batch manifest of a store (a local folder, or the S3/R2 bucket of the R2_* variables) exactly as
 the Dagster asset does, its checks included: a failed blocking check exits 1, as too many failed episodes do.
 `backfill` is the one command that talks to Dagster: an asset backfill of batches through a running webserver's
-GraphQL API (`emilia_assets.backfill`), so the runs go through the backfill daemon, the run queue, the pools and the
+GraphQL API (`emilia_pipe.backfill`), so the runs go through the backfill daemon, the run queue, the pools and the
 run launcher; `--failed-only` keeps the batches with episodes to redo (`emilia_pipe.redo`) and says which.
 """
 
@@ -148,7 +148,7 @@ def _reprocess(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from emilia_assets.backfill import (
+    from emilia_pipe.backfill import (
         DEFAULT_CHUNK_SIZE,
         BackfillError,
         DagsterWebserver,

@@ -1,4 +1,4 @@
-"""Object keys for the storage layout in DESIGN.md.
+"""Object keys for the storage layout (README, "What happens").
 
 Every key the platform writes is derived here, never taken raw from a feed, a title or a file name: a hostile name
 cannot climb out of its prefix (`..`, absolute paths, control characters) and two sources cannot collide.

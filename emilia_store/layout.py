@@ -1,4 +1,4 @@
-"""Where each artefact of a batch lives in the object store (DESIGN.md, "Storage layout")."""
+"""Where each artefact of a batch lives in the object store (the README's "What happens" shows it)."""
 
 from __future__ import annotations
 

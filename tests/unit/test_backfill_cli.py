@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import polars as pl
 import pytest
 
-from emilia_assets.backfill import BackfillError, UnknownPartitions, backfill_link, chunks, select_partitions
+from emilia_pipe.backfill import BackfillError, UnknownPartitions, backfill_link, chunks, select_partitions
 from emilia_pipe.batching import Batch, manifest_frame
 from emilia_pipe.catalogue import STATUS_SCHEMA
 from emilia_pipe.cli import main

@@ -13,9 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORES = ["emilia_store", "emilia_pipe", "emilia_sources", "emilia_publish"]
-# Dagster-free modules inside the Dagster packages: the courtesy sensor's decision and its Kubernetes reads, and the
-# GraphQL client of `emilia-forge backfill` (the CLI imports it).
-CORE_MODULES = ["sensors.courtesy_core", "sensors.k8s_pods", "emilia_assets.backfill"]
+# Dagster-free modules inside the Dagster packages: the courtesy sensor's decision and its Kubernetes reads.
+CORE_MODULES = ["sensors.courtesy_core", "sensors.k8s_pods"]
 
 BLOCK_DAGSTER = textwrap.dedent(
     """
