@@ -7,7 +7,7 @@ runs showed) scipy, pandas and scikit-learn; it has no network. This script:
    pipeline loaded from the tiny models), in this venv;
 2. drops those the machine is assumed to have (`ON_DEVICE`, override with --assume / --need);
 3. downloads their cp312 manylinux wheels with pip (the versions pinned here), unpacks them, strips debug symbols
-   from shared libraries, drops files nothing loads (silero-vad's ONNX variants, tests), and writes one
+   from shared libraries, drops files nothing loads (silero-vad's other model files, tests), and writes one
    `.whl/<group>.tar.xz` per group: `base` (PyAV, soxr, lameenc, silero-vad, pyannote.audio and its pure-Python
    dependencies), `polars` (the runner's tables), `asr` (ctranslate2, faster-whisper);
 4. copies the real DNSMOS files to `.whl/dnsmos/` and Whisper's tokenizer file to `.whl/`;
@@ -52,6 +52,7 @@ NEVER = {"emilia-forge", "nvidia-cublas", "nvidia-cudnn-cu13"}  # the project it
 OPTIONAL = {"pyarrow", "torchcodec", "cuda-bindings", "cuda-pathfinder", "importlib-resources", "narwhals",
             "google-auth"}
 DROP_SUFFIXES = (".pyi", ".c", ".h", ".cpp", ".pxd", ".pyx")
+SILERO_MODEL = "silero_vad_16k_sequence.onnx"  # what `load_silero_vad(sequence=True)` opens
 
 CLOSURE = r"""
 import importlib.metadata as md, json, os, sys
@@ -98,7 +99,9 @@ def download(dists: dict[str, str], cache: Path, python: str) -> dict[str, Path]
 def _keep(name: str) -> bool:
     if name.endswith(DROP_SUFFIXES) or "/tests/" in name or "/test/" in name:
         return False
-    return not (name.startswith("silero_vad/data/") and not name.endswith(".jit"))
+    if name.startswith("silero_vad/data/"):  # eight model files; emilia_pipe.vad loads one
+        return name.endswith((".py", SILERO_MODEL))
+    return True
 
 
 def pack(wheels: list[Path], target: Path) -> int:

@@ -29,9 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
+from emilia_pipe.settings import SettingError, env_number
 
 
 def _pool_args(p: argparse.ArgumentParser) -> None:
@@ -48,9 +46,9 @@ def _plan(args: argparse.Namespace):
     device = args.device or os.environ.get("EMILIA_DEVICE") or "auto"
     return plan_workers(
         device,
-        args.workers_per_gpu or _env_int("WORKERS_PER_GPU", 1),
-        args.max_gpus if args.max_gpus is not None else (_env_int("MAX_GPUS", 0) or None),
-        args.cpu_workers or _env_int("EMILIA_CPU_WORKERS", 1),
+        args.workers_per_gpu or env_number("WORKERS_PER_GPU", 1),
+        args.max_gpus if args.max_gpus is not None else env_number("MAX_GPUS", None, minimum=0) or None,
+        args.cpu_workers or env_number("EMILIA_CPU_WORKERS", 1),
     )
 
 
@@ -354,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--dry-run", action="store_true", help="say what would be launched, launch nothing")
     k.set_defaults(func=_backfill)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingError as err:
+        parser.exit(2, f"emilia-forge: error: {err}\n")
 
 
 if __name__ == "__main__":

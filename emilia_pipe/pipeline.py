@@ -14,9 +14,9 @@ is the level of what separation took out of the mix (so a separator that returne
 `process` is `prepare` (decode, resample: CPU), `infer` (the model stages) and `finish` (MP3 export: CPU); a worker
 runs them for different episodes at once (`emilia_pipe.pool`). On a GPU the separator's window batches stay on the
 device from STFT to inverse STFT; the vocals cross to the host once, chunk by chunk, because every consumer needs
-them there: Silero VAD stays on CPU threads (its 32 ms frames run one after another; measured ~80-100x realtime
-per core on the 2-core VM, about 2 cores per GPU at 200 audio hours per GPU hour; a GPU run of that loop was not
-measured), CTranslate2 and the MP3 encoder take numpy arrays, and pyannote moves its own 10 s chunks to the GPU.
+them there: Silero VAD stays on one CPU thread (its batched ONNX front end, about 500x realtime per core on the
+2-core VM, so well under one core per GPU at 200 audio hours per GPU hour; see `emilia_pipe.vad`), CTranslate2 and
+the MP3 encoder take numpy arrays, and pyannote moves its own 10 s chunks to the GPU.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class EmiliaPipeline:
         """Where each model stage really runs, read back from the loaded runtimes (not from the settings): ONNX
         Runtime's session providers or the torch executor's device, CTranslate2's model device, the diarization
         pipeline's torch device."""
-        out: dict[str, str] = {"vad": "cpu"}
+        out: dict[str, str] = {"vad": self.vad.runtime_device}
         if self.separator:
             out["separate"] = self.separator.runtime_device
         if self.dnsmos:
@@ -244,7 +244,7 @@ class EmiliaPipeline:
 
     def runtime_backends(self) -> dict[str, str]:
         """How each model stage runs (library, precision, device, batch), for logs, doctor and benchmark records."""
-        out: dict[str, str] = {"vad": f"silero-vad torch jit on cpu, {torch_threads()} threads"}
+        out: dict[str, str] = {"vad": self.vad.runtime}
         if self.separator:
             out["separate"] = f"{self.separator.runtime}, {self.separator.batch} windows per call"
         if self.dnsmos:
@@ -255,12 +255,6 @@ class EmiliaPipeline:
         if self.diarizer:
             out["diarize"] = self.diarizer.runtime
         return out
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _timed(timings: dict[str, float], name: str, fn: Callable[..., T], *args: Any) -> T:

@@ -7,7 +7,8 @@ import torch, faster-whisper and onnxruntime, load only when `build_pipe_config`
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from emilia_pipe.models import ModelSet, resolve_file
 
@@ -17,20 +18,32 @@ if TYPE_CHECKING:
     from emilia_pipe.vad import VadConfig
 
 ALL_STAGES = ("separate", "diarize", "asr", "dnsmos")
+T = TypeVar("T")
+
+
+class SettingError(ValueError):
+    """A setting from the environment that cannot be used; the message names the variable and its value."""
+
+
+def env_number(name: str, default: T, kind: Callable[[str], float] = int, minimum: float = 1) -> float | T:
+    """A number setting from the environment (`default` when unset or empty). Anything that is not a `kind` of at
+    least `minimum` is an error naming the variable and the value, so a typo in a pod's env fails at start, loudly."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    what = f"{'an integer' if kind is int else 'a number'} >= {minimum:g}"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r}: expected {what}") from None
+    if not value >= minimum:  # also refuses nan
+        raise SettingError(f"{name}={raw!r}: expected {what}")
+    return value
 
 
 def _env_int(name: str) -> int | None:
-    """A positive integer setting from the environment, None when unset; anything else is an error naming it."""
-    raw = (os.environ.get(name) or "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
+    """A positive integer setting from the environment, None when unset."""
+    return env_number(name, None)
 
 
 def default_device() -> str:

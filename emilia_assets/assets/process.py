@@ -14,7 +14,6 @@ The batch's asset checks (`emilia_assets.checks`) are evaluated in this step, fr
 """
 
 import hashlib
-import os
 from collections.abc import Iterator
 
 import dagster as dg
@@ -31,6 +30,7 @@ from emilia_pipe.batch_checks import check_batch, read_batch_files
 from emilia_pipe.batching import read_manifest
 from emilia_pipe.failures import data_failures, worth_retrying
 from emilia_pipe.runner import BatchOutcome, Episode, Probe, RunnerEvent, WorkerLoadError, run_batch
+from emilia_pipe.settings import env_number
 from emilia_pipe.workdir import batch_dir
 from emilia_store import ObjectStore, read_parquet
 from emilia_store.layout import batch_status_key, batch_summary_key, probes_key
@@ -38,23 +38,11 @@ from resources.gpu_pool import GpuPoolResource
 from resources.object_store import ObjectStoreResource
 from resources.pipe import EmiliaPipeResource
 
-
 # Tries of a failed step after the first, on the same pod; 60 s then 180 s apart by default (a store outage, a
 # throttled endpoint). A run whose pod is lost is not a step failure: the run-retry daemon re-executes it (deploy/).
-def _env_number(name: str, default: float, kind: type = float) -> float:
-    raw = os.environ.get(name) or str(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= 0")
-    return value
-
-
 RETRY_POLICY = dg.RetryPolicy(
-    max_retries=int(_env_number("PROCESS_RETRIES", 2, int)),
-    delay=_env_number("PROCESS_RETRY_DELAY_S", 60.0),
+    max_retries=env_number("PROCESS_RETRIES", 2, minimum=0),
+    delay=env_number("PROCESS_RETRY_DELAY_S", 60.0, float, minimum=0),
     backoff=dg.Backoff.EXPONENTIAL,
 )
 

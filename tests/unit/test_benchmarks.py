@@ -126,3 +126,31 @@ def test_cpu_side_benchmarks_run_at_smoke_size(tmp_path):
         assert steady["ticks"] >= 1
         assert steady["requests_by_operation"].get("PutObject", 0) <= steady["ticks"]  # a tick record, no manifest
         assert 0 < first["tick_own_s_median"] <= first["tick_s_median"]
+
+
+def test_the_device_pack_keeps_the_vad_model_the_pipe_loads(tmp_path):
+    """device_packs.py drops silero-vad's unused model files: VAD must still load and run from what it keeps."""
+    import importlib.metadata as md
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import device_packs
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    site = tmp_path / "site"
+    kept = []
+    for file in md.files("silero-vad"):
+        name = str(file).replace("\\", "/")
+        if name.startswith("silero_vad/") and device_packs._keep(name):
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_bytes(file.locate().read_bytes())
+            kept.append(name)
+    assert not any(n.endswith(".jit") for n in kept)  # the pack really is smaller than the wheel
+    code = ("import silero_vad; from emilia_pipe.vad import SileroVad; from emilia_pipe.audio import decode;"
+            "print(silero_vad.__file__); print(len(SileroVad().speech_spans(decode('samples/monologue.mp3', 24000),"
+            " 24000)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where, spans = proc.stdout.split()
+    assert where.startswith(str(site)) and int(spans) > 3

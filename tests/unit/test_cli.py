@@ -134,3 +134,14 @@ def test_run_batch_processes_a_manifest_in_an_s3_bucket_from_the_environment(tmp
     resumed = json.loads(again.stdout.splitlines()[-1])
     assert resumed["resumed"] == 2 and resumed["checks"]["segment_ids_unique"] is False
     assert again.returncode == 1 and "check segment_ids_unique failed" in again.stderr, again.stderr[-3000:]
+
+
+def test_a_bad_number_in_the_environment_is_refused_naming_the_variable(tmp_path):
+    (tmp_path / "a.mp3").write_bytes((ROOT / "samples/long_silence.mp3").read_bytes())
+    for name, value in [("WORKERS_PER_GPU", "two"), ("EMILIA_CPU_WORKERS", "0"), ("MAX_GPUS", "-1")]:
+        proc = subprocess.run([sys.executable, "-m", "emilia_pipe", "process", str(tmp_path / "a.mp3"), "--out",
+                               str(tmp_path / "out"), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, name: value})
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"emilia-forge: error: {name}={value!r}: expected an integer >= " in proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

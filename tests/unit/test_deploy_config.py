@@ -8,6 +8,9 @@ compares that with deploy/dagster.yaml, which Dagster itself then loads.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -231,3 +234,17 @@ def test_courtesy_rbac_is_valid_and_bound_to_the_code_servers_account():
     rules = {d["kind"]: d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
     assert {"list"} <= set(rules["ClusterRole"][0]["verbs"]) and rules["ClusterRole"][0]["resources"] == ["pods"]
     assert "delete" in rules["Role"][0]["verbs"] and rules["Role"][0]["resources"][0] == "jobs"
+
+
+def test_step_retry_settings_come_from_the_environment_and_bad_ones_name_themselves():
+    code = ("from emilia_assets.assets.process import RETRY_POLICY as p; "
+            "print(p.max_retries, p.delay)")
+
+    def load(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+    assert load(PROCESS_RETRIES="0", PROCESS_RETRY_DELAY_S="2.5").stdout.split() == ["0", "2.5"]
+    bad = load(PROCESS_RETRY_DELAY_S="a minute")
+    assert bad.returncode != 0
+    assert "PROCESS_RETRY_DELAY_S='a minute': expected a number >= 0" in bad.stderr
