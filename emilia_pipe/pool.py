@@ -86,7 +86,7 @@ def _worker_main(slot: WorkerSlot, config: Any, factory: str, threads: int, one_
         processor = getattr(importlib.import_module(module), name)(config)
         staged = overlap and all(hasattr(processor, m) for m in ("prepare", "infer", "finish"))
         # With overlap, decoding and encoding threads run beside the models: torch's own threads leave them their
-        # cores (OpenMP threads that wait for a core taken by a decoder stall every small op, e.g. Silero's).
+        # cores (OpenMP threads that wait for a core taken by a decoder stall every small op).
         _set_threads(max(1, threads - _StagedWorker.CPU_THREADS) if staged else threads)
         devices = processor.runtime_devices() if hasattr(processor, "runtime_devices") else {}
         backends = processor.runtime_backends() if hasattr(processor, "runtime_backends") else {}
