@@ -42,6 +42,11 @@ ON_DEVICE = {
     "certifi", "idna", "charset-normalizer", "scipy", "pandas", "scikit-learn", "joblib", "threadpoolctl",
     "python-dateutil", "pytz", "tzdata", "six", "setuptools", "pip", "hf-xet", "torchaudio", "triton", "cffi",
     "pycparser", "matplotlib", "pillow", "contourpy", "cycler", "fonttools", "kiwisolver", "pyparsing",
+    # Also in the device image's package list; `.devsite` is appended behind the machine's packages, so a packed
+    # copy of these would never be imported (pyannote.audio 4.0.7 accepts the image's versions).
+    "lightning", "lightning-utilities", "pytorch-lightning", "torchmetrics", "einops", "rich", "markdown-it-py",
+    "mdurl", "pygments", "anyio", "h11", "httpx", "httpcore", "cloudpickle", "sortedcontainers", "attrs", "psutil",
+    "grpcio", "tabulate", "click", "typer", "shellingham", "tiktoken",
 }
 GROUPS = {"asr": {"ctranslate2", "faster-whisper"}, "polars": {"polars", "polars-runtime-32"}}
 NEVER = {"emilia-forge", "nvidia-cublas", "nvidia-cudnn-cu13"}  # the project itself; CUDA libraries come with torch

@@ -114,6 +114,8 @@ result = asr.transcribe(x, 16000, [(0.0, 4.0), (4.0, 8.0)])
 print("ASR on cuda through the shim:", asr.compute_type, [r.keep for r in result], str(asr.model.model.device))
 EOF
     fi
+  else
+    log "no ctranslate2/faster-whisper here: the asr pack was not unpacked on this machine (the first call's machine goes back 30 s after it returns; make the second call at once)"
   fi
   log "ASR: $ASR"
 fi
