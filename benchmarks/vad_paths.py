@@ -57,20 +57,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from emilia_pipe.audio import TARGET_SR, decode
+    from emilia_pipe.audio import TARGET_SR, decode, resample
     from emilia_pipe.vad import VAD_SR, SileroVad
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # both paths on one thread (the sequence path's ONNX session has one of its own)
     vad = SileroVad()
     from silero_vad import get_speech_timestamps, load_silero_vad
 
     stock = load_silero_vad()
-    torch.set_num_threads(1)
     speech = np.concatenate([decode(ROOT / f"samples/{s}.mp3", TARGET_SR) for s in ("monologue", "two_voices")])
     audio = np.resize(speech, int(args.minutes * 60 * TARGET_SR)).astype(np.float32)
     audio_s = audio.size / TARGET_SR
-    from emilia_pipe.audio import resample
-
     wav = np.ascontiguousarray(resample(audio, TARGET_SR, VAD_SR), dtype=np.float32)
 
     def streaming() -> list[tuple[float, float]]:

@@ -142,6 +142,12 @@ CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 
+def provider_device(provider: str) -> str:
+    """The device an ONNX Runtime provider runs on, in the pipe's words ("cuda" / "cpu"; any other provider by its
+    own name), for the stages' read-back of where they really ran."""
+    return {CUDA_EP: "cuda", CPU_EP: "cpu"}.get(provider, provider)
+
+
 def cuda_index(device: str) -> int | None:
     """`cpu` -> None, `cuda` -> 0, `cuda:N` -> N (case-insensitive); anything else is a configuration error."""
     d = device.strip().lower()

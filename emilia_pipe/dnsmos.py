@@ -33,7 +33,14 @@ import numpy as np
 import onnxruntime as ort
 
 from emilia_pipe.audio import resample
-from emilia_pipe.devices import onnx_backend, onnx_precision, onnx_providers, require_onnx_device, torch_device
+from emilia_pipe.devices import (
+    onnx_backend,
+    onnx_precision,
+    onnx_providers,
+    provider_device,
+    require_onnx_device,
+    torch_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +227,7 @@ class Dnsmos:
         """Where the models really run ("cuda" / "cpu"), read back from the loaded runtime."""
         if self._sig_model is not None:
             return self._sig_model.device.type
-        return {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}.get(self.providers[0],
-                                                                                    self.providers[0])
+        return provider_device(self.providers[0])
 
     @property
     def runtime(self) -> str:

@@ -45,6 +45,7 @@ from emilia_pipe.devices import (
     onnx_backend,
     onnx_precision,
     onnx_providers,
+    provider_device,
     require_onnx_device,
     torch_device,
 )
@@ -323,7 +324,7 @@ class MdxSeparator:
         """Where the model really runs ("cuda" / "cpu"), read back from the loaded runtime."""
         if self.model is not None:
             return self.model.device.type
-        return {CUDA_EP: "cuda", "CPUExecutionProvider": "cpu"}.get(self.provider, self.provider)
+        return provider_device(self.provider)
 
     @property
     def runtime(self) -> str:

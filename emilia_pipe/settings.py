@@ -41,11 +41,6 @@ def env_number(name: str, default: T, kind: Callable[[str], float] = int, minimu
     return value
 
 
-def _env_int(name: str) -> int | None:
-    """A positive integer setting from the environment, None when unset."""
-    return env_number(name, None)
-
-
 def default_device() -> str:
     import torch
 
@@ -101,13 +96,13 @@ def build_pipe_config(
             device=os.environ.get("SEPARATION_DEVICE") or device,
             backend=os.environ.get("SEPARATION_BACKEND") or "auto",
             precision=os.environ.get("SEPARATION_PRECISION") or "auto",
-            batch_windows=_env_int("SEPARATION_BATCH_WINDOWS") or 4,
+            batch_windows=env_number("SEPARATION_BATCH_WINDOWS", 4),
         )
     if "diarize" in on:
         diarization = DiarizationConfig(model=models.diarization, hf_token=hf_token, device=device,
                                         min_speakers=min_speakers, max_speakers=max_speakers,
-                                        segmentation_batch_size=_env_int("DIARIZATION_SEGMENTATION_BATCH"),
-                                        embedding_batch_size=_env_int("DIARIZATION_EMBEDDING_BATCH"))
+                                        segmentation_batch_size=env_number("DIARIZATION_SEGMENTATION_BATCH", None),
+                                        embedding_batch_size=env_number("DIARIZATION_EMBEDDING_BATCH", None))
     if "asr" in on:
         asr = AsrConfig(
             model=whisper_model or models.whisper,
@@ -129,7 +124,7 @@ def build_pipe_config(
             device=os.environ.get("DNSMOS_DEVICE") or device,
             backend=os.environ.get("DNSMOS_BACKEND") or "auto",
             precision=os.environ.get("DNSMOS_PRECISION") or "auto",
-            batch_size=_env_int("DNSMOS_BATCH_SIZE") or 16,
+            batch_size=env_number("DNSMOS_BATCH_SIZE", 16),
         )
     from emilia_pipe.provenance import pipe_provenance
 

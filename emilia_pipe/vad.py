@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emilia_pipe.audio import resample
+from emilia_pipe.devices import provider_device
 
 VAD_SR = 16_000
 
@@ -59,16 +60,19 @@ class SileroVad:
                                                 max_frames=self.config.max_frames)
 
     @property
+    def provider(self) -> str:
+        """The ONNX Runtime provider the session really runs on (forced to CPU: the image's onnxruntime-gpu too)."""
+        return self.model.session.get_providers()[0]
+
+    @property
     def runtime_device(self) -> str:
-        """The device ONNX Runtime really runs the model on, read from the session."""
-        providers = self.model.session.get_providers()
-        return "cpu" if providers[0] == "CPUExecutionProvider" else providers[0]
+        return provider_device(self.provider)
 
     @property
     def runtime(self) -> str:
-        options = self.model.session.get_session_options()
-        return (f"silero-vad sequence ONNX on onnxruntime {self.model.session.get_providers()[0]}, "
-                f"{options.intra_op_num_threads} thread, {self.config.max_frames} frames per call")
+        threads = self.model.session.get_session_options().intra_op_num_threads
+        return (f"silero-vad sequence ONNX on onnxruntime {self.provider}, {threads} thread, "
+                f"{self.config.max_frames} frames per call")
 
     def speech_spans(self, audio: np.ndarray, sample_rate: int) -> list[tuple[float, float]]:
         if audio.size == 0:

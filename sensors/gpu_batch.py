@@ -6,11 +6,10 @@ cursor (a storage id): a probe from raw_audio_sensor's run, a UI materialization
 run per materialization. It lives in the GPU location because a sensor can only target jobs of its own location.
 """
 
-import os
-
 import dagster as dg
 
 from emilia_assets.jobs import emilia_job
+from emilia_pipe.settings import env_number
 from sensors.chain import next_runs
 
 RAW_EPISODES = dg.AssetKey("raw_episodes")
@@ -18,7 +17,7 @@ RAW_EPISODES = dg.AssetKey("raw_episodes")
 
 @dg.sensor(
     job=emilia_job,
-    minimum_interval_seconds=int(os.environ.get("GPU_BATCH_SENSOR_INTERVAL_S", "30")),
+    minimum_interval_seconds=env_number("GPU_BATCH_SENSOR_INTERVAL_S", 30),
     description="Launches the GPU run of each batch whose probe (raw_episodes) has just been materialized.",
 )
 def gpu_batch_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

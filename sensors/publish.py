@@ -6,13 +6,12 @@ whose run failed one of processed_segments' blocking checks is passed over (hf_s
 keeps the `release_writer` pool (hf_shards) at one slot: one publish at a time writes the release.
 """
 
-import os
-
 import dagster as dg
 
 from emilia_assets.checks import failed_blocking_checks
 from emilia_assets.jobs import publish_job
 from emilia_assets.pools import RELEASE_POOL
+from emilia_pipe.settings import env_number
 from sensors.chain import next_runs
 
 # In the emilia_gpu location: known here by its key, so this location never imports the GPU code.
@@ -31,7 +30,7 @@ def keep_release_pool_at_one(instance: dg.DagsterInstance) -> bool:
 
 @dg.sensor(
     job=publish_job,
-    minimum_interval_seconds=int(os.environ.get("PUBLISH_SENSOR_INTERVAL_S", "30")),
+    minimum_interval_seconds=env_number("PUBLISH_SENSOR_INTERVAL_S", 30),
     description="Publishes each batch whose processed_segments has just been materialized (one publish at a time).",
 )
 def publish_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -4,20 +4,20 @@ A thin wrapper over `emilia_pipe.batching.scan_tick`, which holds the paging, de
 """
 
 
-import os
 
 import dagster as dg
 
 from emilia_assets.jobs import probe_job
 from emilia_assets.partitions import episode_batches
 from emilia_pipe.batching import ScanCursor, forget_reprocess_request, reprocess_requests, scan_tick
+from emilia_pipe.settings import env_number
 from resources.batching import BatchingResource
 from resources.object_store import ObjectStoreResource
 
 
 @dg.sensor(
     job=probe_job,
-    minimum_interval_seconds=int(os.environ.get("RAW_AUDIO_SENSOR_INTERVAL_S", "30")),
+    minimum_interval_seconds=env_number("RAW_AUDIO_SENSOR_INTERVAL_S", 30),
     description="Pages through raw_audio/ a few list calls per tick and launches one probe run per new batch.",
 )
 def raw_audio_sensor(

@@ -6,18 +6,17 @@ record's storage id, so a re-evaluated tick never launches it twice. Ticks come 
 `DATASET_REPORT_INTERVAL_S` (default 600 s), so a burst of batches costs one report.
 """
 
-import os
-
 import dagster as dg
 
 from emilia_assets.assets.report import dataset_report
+from emilia_pipe.settings import env_number
 
 PROCESSED_SEGMENTS = dg.AssetKey("processed_segments")
 
 
 @dg.sensor(
     target=[dataset_report],
-    minimum_interval_seconds=int(os.environ.get("DATASET_REPORT_INTERVAL_S", "600")),
+    minimum_interval_seconds=env_number("DATASET_REPORT_INTERVAL_S", 600),
     description="Re-draws the dataset report (tables and plots over all batches) after new batches were processed.",
 )
 def dataset_report_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:

@@ -12,6 +12,7 @@ import dagster as dg
 from emilia_assets.assets.sources import SOURCES_PER_RUN
 from emilia_assets.jobs import podcast_ingest_job, youtube_ingest_job
 from emilia_assets.partitions import podcast_feeds, youtube_sources
+from emilia_pipe.settings import env_number
 from emilia_sources.feeds import load_feed_list
 from emilia_sources.landing import source_id_for
 from emilia_sources.registry import LIST_KEYS, RegisteredSource, register
@@ -49,7 +50,7 @@ def ranged_run_requests(job_name: str, keys: list[str], prefix: str) -> list[dg.
 
 @dg.sensor(
     jobs=[podcast_ingest_job, youtube_ingest_job],
-    minimum_interval_seconds=int(os.environ.get("SOURCES_SENSOR_INTERVAL_S", "300")),
+    minimum_interval_seconds=env_number("SOURCES_SENSOR_INTERVAL_S", 300),
     description="Registers the feeds and channels listed in sources/podcast_feeds.* and sources/youtube_sources.*.",
 )
 def sources_sensor(context: dg.SensorEvaluationContext, store: ObjectStoreResource) -> dg.SensorResult:

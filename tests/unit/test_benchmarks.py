@@ -154,3 +154,16 @@ def test_the_device_pack_keeps_the_vad_model_the_pipe_loads(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     where, spans = proc.stdout.split()
     assert where.startswith(str(site)) and int(spans) > 3
+
+
+def test_vad_paths_benchmark_runs_and_both_paths_agree(tmp_path):
+    """benchmarks/vad_paths.py at a tiny size: the README's VAD table comes from it, so it must keep running, and
+    the two paths it times must find the same spans."""
+    out = tmp_path / "vad_paths.json"
+    proc = run(["-W", "ignore", "benchmarks/vad_paths.py", "--minutes", "0.2", "--repeat", "1", "--out", str(out)],
+               timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["same_spans"] is True
+    assert list(report["paths"]) == ["streaming torchscript (before)", "sequence onnx (now)"]
+    assert all(p["spans"] >= 3 and p["audio_s_per_s_alone"] > 0 for p in report["paths"].values())

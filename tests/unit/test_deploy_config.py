@@ -236,15 +236,21 @@ def test_courtesy_rbac_is_valid_and_bound_to_the_code_servers_account():
     assert "delete" in rules["Role"][0]["verbs"] and rules["Role"][0]["resources"][0] == "jobs"
 
 
-def test_step_retry_settings_come_from_the_environment_and_bad_ones_name_themselves():
-    code = ("from emilia_assets.assets.process import RETRY_POLICY as p; "
-            "print(p.max_retries, p.delay)")
+def test_settings_read_at_load_come_from_the_environment_and_bad_ones_name_themselves():
+    """Step retries and sensor intervals are read when the code location loads: a typo in a pod's env must fail
+    that load naming the variable, not become a traceback from int()."""
 
-    def load(**env: str) -> subprocess.CompletedProcess:
+    def load(code: str, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
-    assert load(PROCESS_RETRIES="0", PROCESS_RETRY_DELAY_S="2.5").stdout.split() == ["0", "2.5"]
-    bad = load(PROCESS_RETRY_DELAY_S="a minute")
+    retry = "from emilia_assets.assets.process import RETRY_POLICY as p; print(p.max_retries, p.delay)"
+    assert load(retry, PROCESS_RETRIES="0", PROCESS_RETRY_DELAY_S="2.5").stdout.split() == ["0", "2.5"]
+    bad = load(retry, PROCESS_RETRY_DELAY_S="a minute")
     assert bad.returncode != 0
     assert "PROCESS_RETRY_DELAY_S='a minute': expected a number >= 0" in bad.stderr
+
+    sensor = "from sensors.gpu_batch import gpu_batch_sensor as s; print(s.minimum_interval_seconds)"
+    assert load(sensor, GPU_BATCH_SENSOR_INTERVAL_S="7").stdout.split() == ["7"]
+    bad = load(sensor, GPU_BATCH_SENSOR_INTERVAL_S="5s")
+    assert bad.returncode != 0 and "GPU_BATCH_SENSOR_INTERVAL_S='5s': expected an integer >= 1" in bad.stderr
